@@ -1,0 +1,1 @@
+"""Real services for the test suite (filled in by the fixtures work)."""
