@@ -1,0 +1,31 @@
+"""Durable state on fsspec: the store, run records, the journal, leases.
+
+Knows nothing of Ray; uses only `application_sdk.contracts` from the rest of the project.
+"""
+
+from ._codec import decode, encode
+from ._errors import CorruptRecordError, LeaseHeldError, LeaseLostError, StoreError
+from ._lease import Lease, LeaseInfo
+from ._runs import JournalLoad, RunRecord, RunStatus, RunStore, find_runs, list_runs
+from ._store import DEFAULT_STORE_DIR, Store, open_store, safe_key
+
+__all__ = [
+    "DEFAULT_STORE_DIR",
+    "CorruptRecordError",
+    "JournalLoad",
+    "Lease",
+    "LeaseHeldError",
+    "LeaseInfo",
+    "LeaseLostError",
+    "RunRecord",
+    "RunStatus",
+    "RunStore",
+    "Store",
+    "StoreError",
+    "decode",
+    "encode",
+    "find_runs",
+    "list_runs",
+    "open_store",
+    "safe_key",
+]

@@ -1,0 +1,140 @@
+"""The run lease: at most one live driver per run, with fencing by epoch.
+
+The lease record holds owner, host, pid, epoch and expiry. Every change goes through the
+store's compare-and-swap (`replace_if`), so two drivers racing for a run cannot both win: on S3
+that is `If-Match`/`If-None-Match`, on local files an flock'd check-and-replace. A lease whose
+expiry passed is free; so is one held by a dead process on this host, so a local rerun after a
+crash does not wait for the expiry. Taking a lease over bumps the epoch; journal segments are
+named by epoch, and a driver that finds its epoch superseded when renewing stops writing.
+
+Releasing keeps the record (expiry 0) so epochs only ever grow.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from . import _codec
+from ._errors import CorruptRecordError, LeaseHeldError, LeaseLostError
+from ._runs import RunStore
+
+__all__ = ["Lease", "LeaseInfo", "pid_alive"]
+
+HOST = socket.gethostname()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A decoded lease record."""
+
+    owner: str
+    host: str
+    pid: int
+    epoch: int
+    expires_at: float
+
+    def live(self, now: float) -> bool:
+        if not self.owner or self.expires_at <= now:
+            return False
+        return not (self.host == HOST and not pid_alive(self.pid))
+
+    def encode(self) -> bytes:
+        return _codec.encode(self.__dict__)
+
+    @classmethod
+    def decode(cls, data: bytes) -> LeaseInfo:
+        return cls(**_codec.decode(data, "lease"))
+
+
+class Lease:
+    """This process's claim on one run."""
+
+    def __init__(self, runs: RunStore, ttl: float = 30.0, owner: str | None = None) -> None:
+        self.runs = runs
+        self.ttl = ttl
+        self.owner = owner or f"{HOST}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.epoch = 0
+        self.lost = False
+        self._key = runs.key("lease.msgpack")
+
+    def read(self) -> LeaseInfo | None:
+        data = self.runs.store.read(self._key)
+        if data is None:
+            return None
+        try:
+            return LeaseInfo.decode(data)
+        except (CorruptRecordError, TypeError):
+            return None
+
+    def _record(self, epoch: int, expires_at: float) -> bytes:
+        return LeaseInfo(self.owner, HOST, os.getpid(), epoch, expires_at).encode()
+
+    def acquire(self) -> int:
+        """Take the lease; returns the new epoch. Raises LeaseHeldError if a live driver has it."""
+        for _ in range(8):
+            current = self.runs.store.read_versioned(self._key)
+            token = None
+            previous: LeaseInfo | None = None
+            if current is not None:
+                data, token = current
+                try:
+                    previous = LeaseInfo.decode(data)
+                except (CorruptRecordError, TypeError):
+                    previous = None
+            now = time.time()
+            if previous is not None and previous.live(now) and previous.owner != self.owner:
+                raise LeaseHeldError(
+                    f"run {self.runs.run_id} is owned by a live driver ({previous.owner}, "
+                    f"lease expires in {previous.expires_at - now:.0f}s)",
+                    owner=previous.owner,
+                )
+            epoch = (previous.epoch if previous else 0) + 1
+            if self.runs.store.replace_if(self._key, self._record(epoch, now + self.ttl), token):
+                self.epoch = epoch
+                return epoch
+        raise LeaseHeldError(f"run {self.runs.run_id}: lost the race for its lease, try again")
+
+    def renew(self) -> None:
+        """Extend the expiry; raises LeaseLostError if another driver took the run over."""
+        current = self.runs.store.read_versioned(self._key)
+        if current is not None:
+            data, token = current
+            try:
+                info = LeaseInfo.decode(data)
+            except (CorruptRecordError, TypeError):
+                info = None
+            if info and info.owner == self.owner and info.epoch == self.epoch:
+                record = self._record(self.epoch, time.time() + self.ttl)
+                if self.runs.store.replace_if(self._key, record, token):
+                    return
+        self.lost = True
+        raise LeaseLostError(
+            f"run {self.runs.run_id}: this driver's lease (epoch {self.epoch}) was taken over; "
+            "it stops writing"
+        )
+
+    def release(self) -> None:
+        current = self.runs.store.read_versioned(self._key)
+        if current is None:
+            return
+        data, token = current
+        try:
+            info = LeaseInfo.decode(data)
+        except (CorruptRecordError, TypeError):
+            return
+        if info.owner == self.owner:
+            released = LeaseInfo("", HOST, 0, info.epoch, 0.0).encode()
+            self.runs.store.replace_if(self._key, released, token)

@@ -1,0 +1,367 @@
+"""The store: one small interface over fsspec, with the atomic primitives the runtime needs.
+
+Backends differ only in three primitives: `write` (atomic replace), `create` (atomic create if
+absent) and `replace_if` (compare-and-swap on a version token). Everything else is plain fsspec.
+
+- local files: temp file + fsync + `os.replace`; create by `os.link` of a complete temp file (fails
+  if the target exists); compare-and-swap under an `fcntl.flock` on a sidecar lock file.
+- memory: fsspec's in-process dict, guarded by a lock.
+- S3: `PutObject` is atomic; create sends `If-None-Match: *`; compare-and-swap sends
+  `If-Match: <etag>`.
+
+Keys are relative, `/`-separated, and confined to the store's root: `..`, absolute keys and empty
+components are refused. Credentials never enter URLs: a URL carrying them is refused, options come
+from `storage_options` or the environment, and messages show the URL without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import fsspec
+
+from ._errors import StoreError
+
+__all__ = ["DEFAULT_STORE_DIR", "Store", "open_store", "safe_key"]
+
+DEFAULT_STORE_DIR = ".connector-runtime"
+
+
+def safe_key(key: str) -> str:
+    """`key` checked to stay inside the store root (no `..`, no absolute path, no empty part)."""
+    parts = key.split("/")
+    if key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key:
+        raise StoreError(f"refused store key {key!r}: keys are relative paths inside the store")
+    return key
+
+
+@contextlib.contextmanager
+def _translated(store: Store, key: str) -> Iterator[None]:
+    """Backend errors become StoreError naming the store and key (the one translation point)."""
+    try:
+        yield
+    except (StoreError, FileNotFoundError, FileExistsError):
+        raise
+    except Exception as exc:
+        raise StoreError(
+            f"store {store.url}: {key}: {type(exc).__name__}: {_scrub(str(exc))}"
+        ) from exc
+
+
+def _scrub(text: str) -> str:
+    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
+        secret = os.environ.get(var)
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+class Store:
+    """A store rooted at one fsspec URL."""
+
+    protocol = "generic"
+
+    def __init__(self, url: str, fs: fsspec.AbstractFileSystem, root: str) -> None:
+        self.url = url
+        self.fs = fs
+        self.root = root.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{safe_key(key)}"
+
+    def _key(self, path: str) -> str:
+        path = path.rstrip("/")
+        prefix = self.root.lstrip("/") + "/"
+        stripped = path.lstrip("/")
+        return stripped[len(prefix) :] if stripped.startswith(prefix) else stripped
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def read(self, key: str) -> bytes | None:
+        with _translated(self, key):
+            try:
+                return self.fs.cat_file(self.path(key))
+            except FileNotFoundError:
+                return None
+
+    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+        """Read several objects in one call (concurrent on S3); missing ones are left out."""
+        if not keys:
+            return {}
+        wanted = set(keys)
+        with _translated(self, keys[0]):
+            got = self.fs.cat([self.path(k) for k in keys], on_error="omit")
+        found = {self._key(p): data for p, data in got.items() if isinstance(data, bytes)}
+        return {k: v for k, v in found.items() if k in wanted}
+
+    def list(self, prefix: str) -> list[str]:
+        """Keys under `prefix` (recursively), sorted."""
+        base = self.path(prefix.rstrip("/")) if prefix else self.root
+        with _translated(self, prefix):
+            try:
+                found = self.fs.find(base)
+            except FileNotFoundError:
+                return []
+        return sorted(self._key(p) for p in found)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        """Names of the immediate sub-folders of `prefix`."""
+        base = self.path(prefix.rstrip("/")) if prefix else self.root
+        with _translated(self, prefix):
+            try:
+                entries = self.fs.ls(base, detail=True)
+            except FileNotFoundError:
+                return []
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries
+                      if e["type"] == "directory")
+
+    def exists(self, key: str) -> bool:
+        with _translated(self, key):
+            return self.fs.exists(self.path(key))
+
+    # -- writes --------------------------------------------------------------------------
+
+    def write(self, key: str, data: bytes) -> None:
+        """Replace the object atomically: readers see the old or the new bytes, never a mix."""
+        with _translated(self, key):
+            self.fs.pipe_file(self.path(key), data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Create the object if absent; False (nothing written) if it exists."""
+        raise NotImplementedError
+
+    def read_versioned(self, key: str) -> tuple[bytes, Any] | None:
+        """The object's bytes and a version token for `replace_if`, or None if absent."""
+        raise NotImplementedError
+
+    def replace_if(self, key: str, data: bytes, token: Any) -> bool:
+        """Replace the object only if it is still at version `token` (None: only if absent)."""
+        raise NotImplementedError
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            with _translated(self, key), contextlib.suppress(FileNotFoundError):
+                self.fs.rm_file(self.path(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        with _translated(self, prefix), contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path(prefix.rstrip("/")), recursive=True)
+
+    # -- files ---------------------------------------------------------------------------
+
+    def put_file(self, local_path: str, key: str) -> None:
+        with _translated(self, key):
+            self.fs.put_file(local_path, self.path(key))
+
+    def get_file(self, key: str, local_path: str) -> None:
+        with _translated(self, key):
+            self.fs.get_file(self.path(key), local_path)
+
+
+class LocalStore(Store):
+    protocol = "file"
+
+    def _abs(self, key: str) -> str:
+        return self.path(key)
+
+    def write(self, key: str, data: bytes) -> None:
+        with _translated(self, key):
+            self._write_tmp_then(key, data, os.replace)
+
+    def create(self, key: str, data: bytes) -> bool:
+        with _translated(self, key):
+            try:
+                self._write_tmp_then(key, data, os.link)
+            except FileExistsError:
+                return False
+            return True
+
+    def _write_tmp_then(self, key: str, data: bytes, finish: Any) -> None:
+        target = self._abs(key)
+        folder = os.path.dirname(target)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            finish(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def list(self, prefix: str) -> list[str]:
+        return [k for k in super().list(prefix) if not k.rsplit("/", 1)[-1].startswith(".")]
+
+    def read_versioned(self, key: str) -> tuple[bytes, Any] | None:
+        with _translated(self, key):
+            try:
+                with open(self._abs(key), "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    return fh.read(), (st.st_ino, st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                return None
+
+    def replace_if(self, key: str, data: bytes, token: Any) -> bool:
+        target = self._abs(key)
+        with _translated(self, key):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            folder, name = os.path.split(target)
+            with open(os.path.join(folder, f".{name}.lock"), "a+b") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                try:
+                    st = os.stat(target)
+                    current = (st.st_ino, st.st_mtime_ns, st.st_size)
+                except FileNotFoundError:
+                    current = None
+                if current != (tuple(token) if token is not None else None):
+                    return False
+                self._write_tmp_then(key, data, os.replace)
+                return True
+
+
+class MemoryStore(Store):
+    protocol = "memory"
+    _lock = threading.Lock()
+
+    def create(self, key: str, data: bytes) -> bool:
+        with self._lock:
+            if self.fs.exists(self.path(key)):
+                return False
+            self.fs.pipe_file(self.path(key), data)
+            return True
+
+    def read_versioned(self, key: str) -> tuple[bytes, Any] | None:
+        data = self.read(key)
+        return None if data is None else (data, data)
+
+    def replace_if(self, key: str, data: bytes, token: Any) -> bool:
+        with self._lock:
+            if self.read(key) != token:
+                return False
+            self.fs.pipe_file(self.path(key), data)
+            return True
+
+
+class S3Store(Store):
+    protocol = "s3"
+
+    def _bucket_key(self, key: str) -> tuple[str, str]:
+        bucket, _, rest = self.path(key).lstrip("/").partition("/")
+        return bucket, rest
+
+    def create(self, key: str, data: bytes) -> bool:
+        with _translated(self, key):
+            try:
+                self.fs.pipe_file(self.path(key), data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+
+    def read_versioned(self, key: str) -> tuple[bytes, Any] | None:
+        bucket, obj = self._bucket_key(key)
+        with _translated(self, key):
+            try:
+                resp = self.fs.call_s3("get_object", Bucket=bucket, Key=obj)
+            except FileNotFoundError:
+                return None
+            body = resp["Body"]
+            data = _sync_read(self.fs, body)
+            return data, resp["ETag"]
+
+    def replace_if(self, key: str, data: bytes, token: Any) -> bool:
+        if token is None:
+            return self.create(key, data)
+        bucket, obj = self._bucket_key(key)
+        with _translated(self, key):
+            try:
+                self.fs.call_s3("put_object", Bucket=bucket, Key=obj, Body=data, IfMatch=token)
+            except (FileNotFoundError, OSError) as exc:
+                if _precondition_failed(exc):
+                    return False
+                raise
+            return True
+
+    def list(self, prefix: str) -> list[str]:
+        self.fs.invalidate_cache()
+        return super().list(prefix)
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        self.fs.invalidate_cache()
+        return super().list_dirs(prefix)
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = f"{type(seen).__name__} {seen}"
+        if "PreconditionFailed" in text or "412" in text or "ConditionalRequestConflict" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _sync_read(fs: Any, body: Any) -> bytes:
+    """Read an aiobotocore streaming body from s3fs's sync wrapper."""
+    from fsspec.asyn import sync
+
+    async def _read() -> bytes:
+        async with body:
+            return await body.read()
+
+    return sync(fs.loop, _read)
+
+
+_BACKENDS: dict[str, type[Store]] = {"file": LocalStore, "memory": MemoryStore, "s3": S3Store}
+
+
+def open_store(url: str | None = None, options: dict[str, Any] | None = None) -> Store:
+    """Open the store at `url` (default: `.connector-runtime` under the working directory).
+
+    `options` are fsspec storage options (endpoint, region, profile, ...); secrets belong in the
+    environment or the AWS configuration, never in the URL.
+    """
+    if url is None:
+        url = os.environ.get("CONNECTOR_RUNTIME_STORE") or os.path.join(
+            os.getcwd(), DEFAULT_STORE_DIR
+        )
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        clean = url.split("://", 1)[0] + "://" + url.split("@", 1)[1]
+        raise StoreError(
+            f"store URL {clean} carries credentials: remove them from the URL and set them in "
+            "the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or pass "
+            "--store-option"
+        )
+    protocol = parts.scheme or "file"
+    if protocol in ("s3a", "s3n"):
+        protocol = "s3"
+    opts = dict(options or {})
+    if protocol == "s3":
+        opts.setdefault("use_listings_cache", False)
+        opts.setdefault("skip_instance_cache", True)
+    if protocol == "file":
+        root = os.path.abspath(parts.path if parts.scheme else url)
+        url = f"file://{root}"
+    else:
+        root = (parts.netloc + parts.path) if parts.netloc else parts.path
+        root = root if protocol != "memory" else "/" + root.lstrip("/")
+    cls = _BACKENDS.get(protocol, Store)
+    try:
+        fs = fsspec.filesystem(protocol, **opts)
+    except (ImportError, ValueError, TypeError) as exc:
+        raise StoreError(f"cannot open store {url}: {exc}") from exc
+    if protocol == "file":
+        os.makedirs(root, exist_ok=True)
+    return cls(url, fs, root)
