@@ -11,7 +11,7 @@ import random as _random
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
 from . import _context
@@ -20,8 +20,8 @@ from .errors import (
     AppError,
     ContractError,
     DefinitionError,
-    NonRetryableError,
     NondeterminismError,
+    NonRetryableError,
     PayloadSafetyError,
     PayloadTooLargeError,
     RunCancelledError,
@@ -509,8 +509,8 @@ def now() -> datetime:
     """The current UTC time; inside run() recorded once and the same on every replay."""
     orchestrator = _context.orchestrator.get()
     if orchestrator is None:
-        return datetime.now(timezone.utc)
-    value = orchestrator.recorded_value("now", lambda: datetime.now(timezone.utc).isoformat())
+        return datetime.now(UTC)
+    value = orchestrator.recorded_value("now", lambda: datetime.now(UTC).isoformat())
     return datetime.fromisoformat(value)
 
 

@@ -69,7 +69,7 @@ class HeartbeatDetails(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class StorageTier(str, enum.Enum):
+class StorageTier(enum.StrEnum):
     """How long the runtime keeps a stored file."""
 
     TRANSIENT = "transient"

@@ -42,7 +42,7 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"

@@ -1,0 +1,25 @@
+"""Built-in cleanup, run inside the cleanup tasks on a worker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from ._worker import scratch_root
+
+__all__ = ["cleanup_scratch", "cleanup_transient"]
+
+
+def cleanup_scratch(app_name: str, run_id: str) -> int:
+    """Delete this run's scratch directories on this node; returns how many files went."""
+    root = os.path.join(scratch_root(), app_name, run_id)
+    if not os.path.isdir(root):
+        return 0
+    count = sum(len(files) for _, _, files in os.walk(root))
+    shutil.rmtree(root, ignore_errors=True)
+    return count
+
+
+def cleanup_transient(app_name: str, run_id: str) -> int:
+    """Delete the run's TRANSIENT objects (none are tracked until FileReference support)."""
+    return 0

@@ -1,0 +1,307 @@
+"""`connector-runtime`: run, resume, status, list, cancel (and gc, demo).
+
+stdout carries only results (the run's Output as JSON, as the last thing printed); progress and
+logs go to stderr, so `ray job logs` and shell pipelines both work. Exit codes: 0 success,
+1 run failed or cancelled, 2 bad usage or bad input, 3 run owned by a live driver, 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from application_sdk.app import App
+from application_sdk.errors import DefinitionError, RunCancelledError, RunFailedError
+from storage import LeaseHeldError, RunStatus, Store, StoreError, find_runs, list_runs, open_store
+
+from ._errors import UsageError
+
+__all__ = ["main"]
+
+log = logging.getLogger("connector_runtime")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OWNED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_app(target: str) -> type[App]:
+    """Import `module:Class` from the current directory (as `ray job submit` runs it)."""
+    module_name, sep, qualname = target.partition(":")
+    if not sep or not module_name or not qualname:
+        raise CliError(f"app {target!r}: expected module:Class, e.g. my_app:MyConnector")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import module {module_name!r} for app {target!r}: {exc}") from exc
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise CliError(f"module {module_name!r} has no {qualname!r} (app {target!r})")
+    if not (isinstance(obj, type) and issubclass(obj, App)):
+        raise CliError(f"{target!r} is not an application_sdk.app.App subclass")
+    return obj
+
+
+def parse_input(text: str) -> dict[str, Any]:
+    source = "--input"
+    if text.startswith("@"):
+        source = text[1:]
+        try:
+            with open(source, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise CliError(f"cannot read input file {source!r}: {exc.strerror}") from exc
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{source}: malformed JSON at line {exc.lineno} column {exc.colno}: "
+                       f"{exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise CliError(f"{source}: the input must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_store_options(items: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--store-option {item!r}: expected key=value")
+        if key == "endpoint_url":
+            options.setdefault("client_kwargs", {})["endpoint_url"] = value
+        else:
+            options[key] = value
+    return options
+
+
+def _store(args: argparse.Namespace) -> Store:
+    try:
+        return open_store(args.store, parse_store_options(args.store_option))
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _print_output(output: Any) -> None:
+    sys.stdout.write(json.dumps(output.model_dump(mode="json")) + "\n")
+    sys.stdout.flush()
+
+
+def _execute(app_cls: type[App], payload: Any, args: argparse.Namespace, store: Store,
+             run_id: str | None, entrypoint: str | None) -> int:
+    from ._driver import new_run_id, run_app_async
+
+    run_id = run_id or new_run_id(app_cls)
+    print(f"run {run_id} ({app_cls.name}) in {store.url}", file=sys.stderr)
+    coro = run_app_async(app_cls, payload, run_id=run_id, store=store, entrypoint=entrypoint)
+    _install_sigterm()
+    try:
+        output = asyncio.run(coro)
+    except KeyboardInterrupt:
+        print(f"run {run_id}: interrupted; status CANCELLED", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RunCancelledError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILED
+    except RunFailedError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILED
+    except LeaseHeldError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_OWNED
+    except (UsageError, DefinitionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _print_output(output)
+    return EXIT_OK
+
+
+def _install_sigterm() -> None:
+    """`ray job stop` sends SIGTERM: treat it like Ctrl-C so the run ends CANCELLED cleanly."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if os.name == "posix":
+        signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    app_cls = load_app(args.app)
+    payload = parse_input(args.input)
+    try:
+        ep = app_cls.entrypoint_spec(args.entrypoint)
+        from ._driver import validate_input
+
+        validate_input(ep, payload)
+    except (UsageError, DefinitionError) as exc:
+        raise CliError(str(exc)) from exc
+    return _execute(app_cls, payload, args, _store(args), args.run_id, args.entrypoint)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.all:
+        return _resume_all(args, store)
+    if not args.run_id:
+        raise CliError("resume: give a RUN_ID or --all")
+    record = _find_record(store, args.run_id)
+    if record.status is RunStatus.COMPLETED:
+        print(f"run {record.run_id} is already COMPLETED", file=sys.stderr)
+    app_cls = load_app(record.app_path)
+    return _execute(app_cls, record.input, args, store, record.run_id, record.entrypoint)
+
+
+def _resume_all(args: argparse.Namespace, store: Store) -> int:
+    from storage import Lease, RunStore
+
+    worst = EXIT_OK
+    for record in list_runs(store):
+        if record.status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
+            continue
+        lease = Lease(RunStore(store, record.app, record.run_id)).read()
+        if lease is not None and lease.live(__import__("time").time()):
+            continue
+        print(f"resuming {record.run_id} ({record.status.value})", file=sys.stderr)
+        code = _execute(load_app(record.app_path), record.input, args, store, record.run_id,
+                        record.entrypoint)
+        worst = max(worst, code)
+    return worst
+
+
+def _find_record(store: Store, run_id: str):
+    try:
+        found = find_runs(store, run_id)
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
+    if not found:
+        raise CliError(f"no run {run_id!r} in store {store.url}")
+    if len(found) > 1:
+        raise CliError(f"run id {run_id!r} exists for several apps: "
+                       f"{[r.app for r in found]}")
+    record = found[0].read_run()
+    assert record is not None
+    return record
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ._status import describe
+
+    store = _store(args)
+    record = _find_record(store, args.run_id)
+    info = describe(store, record)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>14}: {value if not isinstance(value, dict) else json.dumps(value)}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    rows = list_runs(store, args.app)
+    if args.json:
+        print(json.dumps([{"run_id": r.run_id, "app": r.app, "status": r.status.value,
+                           "created_at": r.created_at} for r in rows], indent=2))
+        return EXIT_OK
+    for r in rows:
+        print(f"{r.run_id}\t{r.app}\t{r.status.value}\t{r.progress.get('done', 0)} tasks")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    store = _store(args)
+    record = _find_record(store, args.run_id)
+    if record.status.finished:
+        print(f"run {record.run_id} is already {record.status.value}", file=sys.stderr)
+        return EXIT_OK
+    from storage import RunStore
+
+    RunStore(store, record.app, record.run_id).request_cancel(args.reason)
+    print(f"cancellation of {record.run_id} requested", file=sys.stderr)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="connector-runtime",
+        description="Run durable App Framework connector apps on Ray.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def store_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", help="store URL: a folder, file://, s3://bucket/prefix "
+                       "(default $CONNECTOR_RUNTIME_STORE or ./.connector-runtime)")
+        p.add_argument("--store-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="fsspec storage option (e.g. endpoint_url=..., profile=...)")
+
+    p = sub.add_parser("run", help="start (or resume, or return) a run")
+    p.add_argument("app", help="module:Class of the App")
+    p.add_argument("--input", required=True, help="JSON object, or @file.json")
+    p.add_argument("--run-id", help="name of the run; the same id resumes the same run")
+    p.add_argument("--entrypoint", help="which @entrypoint to run")
+    store_args(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("resume", help="resume an interrupted or failed run")
+    p.add_argument("run_id", nargs="?")
+    p.add_argument("--all", action="store_true",
+                   help="resume every unfinished run whose driver is gone")
+    store_args(p)
+    p.set_defaults(fn=cmd_resume)
+
+    p = sub.add_parser("status", help="show a run's state")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true")
+    store_args(p)
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("list", help="list runs in the store")
+    p.add_argument("--app")
+    p.add_argument("--json", action="store_true")
+    store_args(p)
+    p.set_defaults(fn=cmd_list)
+
+    p = sub.add_parser("cancel", help="ask a run's driver to cancel it")
+    p.add_argument("run_id")
+    p.add_argument("--reason", default="cancelled by user")
+    store_args(p)
+    p.set_defaults(fn=cmd_cancel)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.fn(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

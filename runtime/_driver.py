@@ -1,0 +1,311 @@
+"""The driver: claim a run, load its journal, replay run() and dispatch what is not recorded.
+
+The run, as data flows through it (DESIGN.md "The run"): validate the input before anything is
+written; take the run's lease; load the journal in one batched read; execute run() with the
+orchestrator installed; run on_complete(); write the final status once; release the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from application_sdk import _context
+from application_sdk.app import App, EntrypointSpec
+from application_sdk.contracts import Input, Output
+from application_sdk.errors import RunCancelledError, RunFailedError
+from storage import (
+    Lease,
+    LeaseLostError,
+    RunRecord,
+    RunStatus,
+    RunStore,
+    Store,
+    open_store,
+)
+
+from ._errors import InputValidationError, RunConflictError
+from ._executor import RayExecutor
+from ._journal import GroupCommitter, JournalIndex
+from ._keys import canonical_json, digest
+from ._orchestrator import Orchestrator
+from ._ray import ensure_ray
+from ._step import Budget, Progress, StepRunner
+
+__all__ = ["new_run_id", "run_app", "run_app_async", "validate_input"]
+
+log = logging.getLogger("connector_runtime")
+
+LEASE_TTL = float(os.environ.get("CONNECTOR_RUNTIME_LEASE_TTL", "30"))
+_POLL = 0.5
+
+
+def validate_input(ep: EntrypointSpec, value: Any) -> Input:
+    """The run's input as `ep.input_type`; InputValidationError names every bad field."""
+    if isinstance(value, ep.input_type):
+        return value
+    if isinstance(value, Input):
+        value = value.model_dump(mode="json")
+    if not isinstance(value, dict):
+        raise InputValidationError(
+            f"input of {ep.name} must be a JSON object matching {ep.input_type.__qualname__}, "
+            f"got {type(value).__name__}"
+        )
+    try:
+        return ep.input_type.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field {'.'.join(str(p) for p in e['loc']) or '(root)'!r}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise InputValidationError(
+            f"invalid input for {ep.input_type.__qualname__}: {problems}"
+        ) from None
+
+
+def new_run_id(app_cls: type[App]) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{app_cls.name.lower()}-{stamp}-{os.urandom(3).hex()}"
+
+
+def app_path_of(app_cls: type[App]) -> str:
+    return f"{app_cls.__module__}:{app_cls.__qualname__}"
+
+
+def _check_same_run(existing: RunRecord | None, ep: EntrypointSpec, input_digest: str) -> None:
+    if existing is None:
+        return
+    if existing.entrypoint != ep.name or existing.input_digest != input_digest:
+        raise RunConflictError(
+            f"run {existing.run_id} exists with a different "
+            f"{'entry point' if existing.entrypoint != ep.name else 'input'}: a run id names "
+            "one run; choose a new --run-id to start another"
+        )
+
+
+async def run_app_async(
+    app_cls: type[App],
+    input: Input | dict[str, Any],
+    *,
+    run_id: str | None = None,
+    store: str | Store | None = None,
+    entrypoint: str | None = None,
+    store_options: dict[str, Any] | None = None,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Output:
+    """Run (or resume, or return the recorded output of) one run of `app_cls`."""
+    ep = app_cls.entrypoint_spec(entrypoint)
+    inp = validate_input(ep, input)
+    st = store if isinstance(store, Store) else open_store(store, store_options)
+    runs = RunStore(st, app_cls.name, run_id or new_run_id(app_cls))
+    input_digest = digest(canonical_json(inp))
+    existing = await asyncio.to_thread(runs.read_run)
+    _check_same_run(existing, ep, input_digest)
+    if existing is not None and existing.status is RunStatus.COMPLETED:
+        return ep.output_type.model_validate(existing.output)
+    ensure_ray()
+    driver = _Driver(app_cls, ep, inp, input_digest, runs, on_progress)
+    return await driver.execute()
+
+
+def run_app(
+    app_cls: type[App],
+    input: Input | dict[str, Any],
+    *,
+    run_id: str | None = None,
+    store: str | Store | None = None,
+    entrypoint: str | None = None,
+    store_options: dict[str, Any] | None = None,
+) -> Output:
+    """Synchronous `run_app_async`."""
+    return asyncio.run(
+        run_app_async(app_cls, input, run_id=run_id, store=store, entrypoint=entrypoint,
+                      store_options=store_options)
+    )
+
+
+class _LeaseKeeper(threading.Thread):
+    """Renews the run's lease from a thread, so a busy event loop cannot let it expire."""
+
+    def __init__(self, lease: Lease) -> None:
+        super().__init__(name="lease-renewal", daemon=True)
+        self.lease = lease
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.lease.ttl / 3):
+            try:
+                self.lease.renew()
+            except LeaseLostError as exc:
+                log.error("%s", exc)
+                return
+            except Exception as exc:  # a store hiccup: try again next period
+                log.warning("lease renewal failed, retrying: %s", exc)
+
+
+class _Driver:
+    def __init__(
+        self,
+        app_cls: type[App],
+        ep: EntrypointSpec,
+        inp: Input,
+        input_digest: str,
+        runs: RunStore,
+        on_progress: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.app_cls = app_cls
+        self.ep = ep
+        self.inp = inp
+        self.input_digest = input_digest
+        self.runs = runs
+        self.on_progress = on_progress
+        self.progress = Progress()
+        self.cancel_reason: str | None = None
+        self.lease = Lease(runs, ttl=LEASE_TTL)
+
+    async def execute(self) -> Output:
+        await asyncio.to_thread(self.lease.acquire)
+        keeper = _LeaseKeeper(self.lease)
+        keeper.start()
+        try:
+            return await self._claimed()
+        finally:
+            keeper.stopped.set()
+            await asyncio.to_thread(self.lease.release)
+
+    async def _claimed(self) -> Output:
+        runs = self.runs
+        record = await asyncio.to_thread(runs.read_run)
+        _check_same_run(record, self.ep, self.input_digest)
+        if record is not None and record.status is RunStatus.COMPLETED:
+            return self.ep.output_type.model_validate(record.output)
+        if record is None:
+            record = RunRecord(
+                app=runs.app, run_id=runs.run_id, app_path=app_path_of(self.app_cls),
+                entrypoint=self.ep.name, input=self.inp.model_dump(mode="json"),
+                input_digest=self.input_digest, app_version=self.app_cls.version,
+            )
+        record.status, record.error, record.finished_at = RunStatus.RUNNING, None, None
+        await asyncio.to_thread(runs.clear_cancel)
+        await asyncio.to_thread(runs.write_run, record)
+        load = await asyncio.to_thread(runs.load_journal)
+        for key in load.corrupt:
+            log.warning("journal segment %s failed its checksum; its tasks will run again", key)
+        index = JournalIndex(load)
+        committer = GroupCommitter(runs, self.lease, load.next_seq.get(self.lease.epoch, 0))
+        committer.start()
+        executor = RayExecutor(self.app_cls, runs.run_id)
+        budget = Budget(self.app_cls.max_task_executions, index.executions, runs.run_id)
+        steps = StepRunner(index, committer, executor, budget, self.progress)
+        orch = Orchestrator(self.app_cls, steps, index, committer)
+        log.info("run %s: %d task results recorded, %d segments", runs.run_id,
+                 len(index.tasks), load.segments)
+        return await self._orchestrate(record, orch, executor, committer)
+
+    async def _orchestrate(
+        self, record: RunRecord, orch: Orchestrator, executor: RayExecutor,
+        committer: GroupCommitter,
+    ) -> Output:
+        app = self.app_cls()
+        ctx = contextvars.copy_context()
+        ctx.run(_context.orchestrator.set, orch)
+        loop = asyncio.get_running_loop()
+        run_task = loop.create_task(getattr(app, self.ep.method)(self.inp), context=ctx)
+        watcher = loop.create_task(self._watch(record, run_task))
+        output: Output | None = None
+        error: BaseException | None = None
+        try:
+            output = self._check_output(await run_task)
+            outcome = "completed"
+        except asyncio.CancelledError:
+            self.cancel_reason = self.cancel_reason or "interrupted"
+            outcome = "cancelled"
+        except Exception as exc:
+            error, outcome = exc, "failed"
+        executor.cancel_all()
+        orch.outcome, orch.prefix = outcome, f"on_complete/{record.finish_count}/"
+        try:
+            await loop.create_task(app.on_complete(), context=ctx)
+        except Exception as exc:
+            log.error("run %s: on_complete() failed: %s: %s", record.run_id,
+                      type(exc).__name__, exc)
+            if outcome == "completed":
+                error, outcome, output = exc, "failed", None
+        watcher.cancel()
+        await committer.close()
+        return await self._finish(record, orch, outcome, output, error)
+
+    def _check_output(self, value: Any) -> Output:
+        expected = self.ep.output_type
+        if isinstance(value, expected):
+            return value
+        if isinstance(value, dict):
+            return expected.model_validate(value)
+        raise TypeError(
+            f"{self.app_cls.__qualname__}.{self.ep.method}() returned "
+            f"{type(value).__qualname__}, expected {expected.__qualname__}"
+        )
+
+    async def _finish(
+        self, record: RunRecord, orch: Orchestrator, outcome: str, output: Output | None,
+        error: BaseException | None,
+    ) -> Output:
+        if self.lease.lost:
+            raise LeaseLostError(f"run {record.run_id}: lease lost; final status not written")
+        record.status = {"completed": RunStatus.COMPLETED, "failed": RunStatus.FAILED,
+                         "cancelled": RunStatus.CANCELLED}[outcome]
+        record.output = output.model_dump(mode="json") if output is not None else None
+        record.finish_count += 1
+        record.finished_at = time.time()
+        record.progress = self.progress.snapshot()
+        reason = self._reason(orch, error)
+        if error is not None:
+            record.error = {"type": type(error).__name__, "message": reason}
+        elif outcome == "cancelled":
+            record.error = {"type": "Cancelled", "message": self.cancel_reason or "cancelled"}
+        await asyncio.to_thread(self.runs.write_run, record)
+        if outcome == "completed":
+            assert output is not None
+            return output
+        if outcome == "cancelled":
+            raise RunCancelledError(f"run {record.run_id} was cancelled ({self.cancel_reason})")
+        raise RunFailedError(f"run {record.run_id} failed: {reason}") from error
+
+    @staticmethod
+    def _reason(orch: Orchestrator, error: BaseException | None) -> str:
+        if error is None:
+            return ""
+        for failure in orch.steps.failures:
+            if failure.error is error:
+                return failure.reason
+        return f"{type(error).__name__}: {error}"
+
+    async def _watch(self, record: RunRecord, run_task: asyncio.Task[Any]) -> None:
+        """Poll for cancellation requests and lease loss; publish progress."""
+        last_written: dict[str, int] = {}
+        last_write = 0.0
+        while not run_task.done():
+            await asyncio.sleep(_POLL)
+            if self.lease.lost:
+                self.cancel_reason = "lease lost to another driver"
+                run_task.cancel()
+                return
+            reason = await asyncio.to_thread(self.runs.cancel_requested)
+            if reason is not None:
+                self.cancel_reason = reason
+                run_task.cancel()
+                return
+            snap = self.progress.snapshot()
+            if self.on_progress is not None:
+                self.on_progress(snap)
+            if snap != last_written and time.monotonic() - last_write > 2.0:
+                record.progress, last_written, last_write = snap, snap, time.monotonic()
+                await asyncio.to_thread(self.runs.write_run, record)

@@ -1,0 +1,124 @@
+"""Dispatching attempts to Ray and waiting for them, with per-attempt timeouts and kill switches.
+
+Each attempt's result is an asyncio future settled from Ray's completion callback. Anything
+that ends an attempt early (its timeout, a lost heartbeat, cancellation of run()) settles that
+future with an error and cancels the Ray task with force, which kills the worker process: a task
+blocked in C code or `time.sleep` cannot ignore it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from application_sdk.app import App, TaskSpec
+
+from ._worker import remote_for
+
+__all__ = ["Attempt", "RayExecutor"]
+
+
+@dataclass
+class Attempt:
+    """An attempt in flight."""
+
+    key: str
+    task: str
+    number: int
+    ref: Any
+    result: asyncio.Future[bytes]
+    options: Any
+    dispatched_at: float = field(default_factory=time.time)
+
+
+class RayExecutor:
+    def __init__(self, app_cls: type[App], run_id: str, monitor: Any = None) -> None:
+        self.app_cls = app_cls
+        self.run_id = run_id
+        self.app_name = app_cls.name
+        self.monitor = monitor
+        self.running: dict[str, Attempt] = {}
+        self._remote = remote_for(app_cls)
+        self._by_task: dict[str, Any] = {}
+
+    def _remote_for(self, spec: TaskSpec) -> Any:
+        remote = self._by_task.get(spec.name)
+        if remote is None:
+            opts = spec.options.ray_options()
+            remote = self._remote.options(**opts) if opts else self._remote
+            self._by_task[spec.name] = remote
+        return remote
+
+    def _heartbeat_settings(self, spec: TaskSpec) -> tuple[Any, ...]:
+        if self.monitor is None:
+            return ()
+        opts = spec.options
+        period = opts.auto_heartbeat_seconds
+        if opts.heartbeat_timeout_seconds:
+            # a beat period longer than the timeout would fail every healthy attempt
+            period = min(period or opts.heartbeat_timeout_seconds,
+                         opts.heartbeat_timeout_seconds / 3)
+        return (period,) if period else ()
+
+    async def run(
+        self,
+        spec: TaskSpec,
+        key: str,
+        payload: bytes,
+        number: int,
+        details: dict[str, Any] | None,
+        timeout: float,
+    ) -> bytes:
+        loop = asyncio.get_running_loop()
+        info = (self.run_id, self.app_name, key, number, details, self.monitor,
+                self._heartbeat_settings(spec))
+        ref = self._remote_for(spec).remote(spec.name, payload, info)
+        result: asyncio.Future[bytes] = loop.create_future()
+        ref.future().add_done_callback(
+            lambda cf: loop.call_soon_threadsafe(_settle_from, result, cf)
+        )
+        attempt = Attempt(key, spec.name, number, ref, result, spec.options)
+        self.running[key] = attempt
+        timer = loop.call_later(timeout, self.kill, key, TimeoutError())
+        try:
+            return await result
+        except asyncio.CancelledError:
+            _cancel(ref)
+            raise
+        finally:
+            timer.cancel()
+            if self.running.get(key) is attempt:
+                del self.running[key]
+
+    def kill(self, key: str, error: BaseException) -> None:
+        """End the attempt running under `key` with `error` and stop it on Ray."""
+        attempt = self.running.get(key)
+        if attempt is None or attempt.result.done():
+            return
+        attempt.result.set_exception(error)
+        _cancel(attempt.ref)
+
+    def cancel_all(self) -> None:
+        for attempt in list(self.running.values()):
+            _cancel(attempt.ref)
+
+
+def _settle_from(result: asyncio.Future[bytes], cf: Any) -> None:
+    if result.done():
+        return
+    exc = cf.exception()
+    if exc is not None:
+        result.set_exception(exc)
+    else:
+        result.set_result(cf.result())
+
+
+def _cancel(ref: Any) -> None:
+    try:
+        ray.cancel(ref, force=True)
+    except Exception:  # already finished or its worker already gone
+        pass

@@ -1,0 +1,150 @@
+"""The journal in the driver: an in-memory index of what is recorded, and group commit.
+
+Records (msgpack maps, short keys keep segments small):
+  {"y": "t", "k": key, "n": task, "o": output bytes, "a": attempt}   a completed task
+  {"y": "f", "k": key, "n": task, "a": attempt, "e": {...}, "r": retried}   a failed attempt
+  {"y": "v", "k": key, "v": value}                                  a recorded now()/uuid4()
+  {"y": "h", "k": key, "d": details}                                last heartbeat details
+  {"y": "o", "k": key, "p": store path, "t": tier}                  an object the run created
+
+Group commit: records appended while a segment is being written go into the next one, so a
+fan-out of thousands of tasks costs a few dozen object writes, and the write never blocks the
+event loop (it runs in a thread). Completions are not awaited before run() continues: a task may
+run again only if its completion was not yet durable when the driver died (at-least-once tasks).
+Recorded values are the exception: they are flushed before the next dispatch, because a task's
+input may depend on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from storage import JournalLoad, Lease, LeaseLostError, RunStore
+
+__all__ = ["GroupCommitter", "JournalIndex"]
+
+
+class JournalIndex:
+    """What the journal holds, by call key."""
+
+    def __init__(self, load: JournalLoad | None = None) -> None:
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.values: dict[str, Any] = {}
+        self.details: dict[str, dict[str, Any]] = {}
+        self.failures: Counter[str] = Counter()
+        self.objects: list[dict[str, Any]] = []
+        self.last_error: dict[str, Any] | None = None
+        self.executions = 0
+        for record in (load.records if load else ()):
+            self.apply(record)
+
+    def apply(self, record: dict[str, Any]) -> None:
+        kind = record.get("y")
+        if kind == "t":
+            self.tasks.setdefault(record["k"], record)
+            self.executions += 1
+        elif kind == "f":
+            self.failures[record["k"]] += 1
+            self.executions += 1
+            self.last_error = {"task": record["n"], **record["e"]}
+        elif kind == "v":
+            self.values.setdefault(record["k"], record["v"])
+        elif kind == "h":
+            self.details[record["k"]] = record["d"]
+        elif kind == "o":
+            self.objects.append(record)
+
+
+class GroupCommitter:
+    """Batches journal records into immutable segments written off the event loop."""
+
+    def __init__(
+        self,
+        runs: RunStore,
+        lease: Lease,
+        next_seq: int,
+        interval: float = 0.005,
+        max_batch: int = 2_000,
+    ) -> None:
+        self.runs = runs
+        self.lease = lease
+        self.seq = next_seq
+        self.interval = interval
+        self.max_batch = max_batch
+        self.error: BaseException | None = None
+        self.segments_written = 0
+        self._buf: list[dict[str, Any]] = []
+        self._appended = 0
+        self._durable = 0
+        self._urgent = False
+        self._wake = asyncio.Event()
+        self._done = asyncio.Condition()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+
+    def append(self, record: dict[str, Any], urgent: bool = False) -> None:
+        if self.error is not None:
+            raise self.error
+        self._buf.append(record)
+        self._appended += 1
+        self._urgent = self._urgent or urgent
+        self._wake.set()
+
+    @property
+    def has_urgent(self) -> bool:
+        return self._urgent
+
+    async def flush(self) -> None:
+        """Wait until everything appended so far is durable."""
+        target = self._appended
+        self._wake.set()
+        async with self._done:
+            await self._done.wait_for(lambda: self._durable >= target or self.error is not None)
+        if self.error is not None:
+            raise self.error
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self.error is not None:
+            raise self.error
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._buf:
+                if self._closing:
+                    return
+                continue
+            if not self._closing and len(self._buf) < self.max_batch:
+                await asyncio.sleep(self.interval)  # let a burst of completions join the batch
+            batch, self._buf, self._urgent = self._buf, [], False
+            try:
+                await asyncio.to_thread(self._write, batch)
+            except BaseException as exc:  # surfaced to the driver on the next append/flush
+                self.error = exc
+            self._durable += len(batch)
+            async with self._done:
+                self._done.notify_all()
+            if self.error is not None:
+                return
+            if self._buf:
+                self._wake.set()
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        if self.lease.lost:
+            raise LeaseLostError(
+                f"run {self.runs.run_id}: lease lost, not writing the journal (fencing)"
+            )
+        while not self.runs.write_segment(self.lease.epoch, self.seq, batch):
+            self.seq += 1
+        self.seq += 1
+        self.segments_written += 1

@@ -1,0 +1,173 @@
+"""One pipeline per step: look up the recorded result, run, retry, record (errors too).
+
+`StepRunner.invoke` is the whole life of one task call. It talks to the executor and the
+journal through small interfaces, so it is unit-tested with an in-process executor, no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+from pydantic import ValidationError
+
+from application_sdk.app import TaskSpec
+from application_sdk.contracts import Input, Output
+from application_sdk.errors import ContractError, TaskBudgetExceededError
+
+from ._failures import FailureKind, classify, decide
+from ._journal import GroupCommitter, JournalIndex
+
+__all__ = ["Budget", "Executor", "Progress", "StepRunner", "TaskFailure"]
+
+
+class Executor(Protocol):
+    async def run(
+        self, spec: TaskSpec, key: str, payload: bytes, number: int,
+        details: dict[str, Any] | None, timeout: float,
+    ) -> bytes: ...
+
+
+@dataclass
+class Progress:
+    """Counters shown by `status` and the progress display."""
+
+    done: int = 0
+    replayed: int = 0
+    running: int = 0
+    retrying: int = 0
+    failed: int = 0
+    attempts: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Budget:
+    """The run's task budget: executions (attempts) across the whole run, resumes included."""
+
+    def __init__(self, limit: int, used: int, run_id: str) -> None:
+        self.limit = limit
+        self.used = used
+        self.run_id = run_id
+
+    def spend(self, task: str) -> None:
+        if self.used >= self.limit:
+            raise TaskBudgetExceededError(
+                f"run {self.run_id}: task {task} would be execution {self.used + 1}, over the "
+                f"run's budget of {self.limit} task executions. Make tasks larger (a page or a "
+                "batch per task, not an item), or raise App.max_task_executions"
+            )
+        self.used += 1
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """Why a task call failed for good (kept by the orchestrator for the run's error)."""
+
+    task: str
+    key: str
+    attempts: int
+    reason: str
+    error: BaseException
+
+
+def decode_output(spec: TaskSpec, data: bytes, replay: bool) -> Output:
+    try:
+        return spec.output_type.model_validate(msgpack.unpackb(data, raw=False))
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) or "(root)" for e in exc.errors())
+        where = "recorded output" if replay else "output"
+        raise ContractError(
+            f"task {spec.name}: {where} does not match {spec.output_type.__qualname__} "
+            f"(field {fields}): {exc.errors()[0]['msg']}. A breaking contract change needs a "
+            "new model (e.g. a V2 class) or a new run"
+        ) from exc
+
+
+class StepRunner:
+    def __init__(
+        self,
+        index: JournalIndex,
+        committer: GroupCommitter,
+        executor: Executor,
+        budget: Budget,
+        progress: Progress | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.index = index
+        self.committer = committer
+        self.executor = executor
+        self.budget = budget
+        self.progress = progress or Progress()
+        self.sleep = sleep
+        self.failures: list[TaskFailure] = []
+
+    def recorded(self, spec: TaskSpec, key: str) -> Output | None:
+        record = self.index.tasks.get(key)
+        if record is None:
+            return None
+        self.progress.replayed += 1
+        return decode_output(spec, record["o"], replay=True)
+
+    async def invoke(self, spec: TaskSpec, key: str, inp: Input, payload: bytes) -> Output:
+        recorded = self.recorded(spec, key)
+        if recorded is not None:
+            return recorded
+        opts = spec.options
+        number = self.index.failures.get(key, 0)
+        failed = losses = 0
+        started = time.monotonic()
+        while True:
+            number += 1
+            self.budget.spend(spec.name)
+            if self.committer.has_urgent:
+                await self.committer.flush()
+            timeout = opts.timeout_seconds
+            if opts.schedule_to_close_seconds is not None:
+                left = opts.schedule_to_close_seconds - (time.monotonic() - started)
+                timeout = max(0.001, min(timeout, left))
+            self.progress.running += 1
+            self.progress.attempts += 1
+            try:
+                data = await self.executor.run(
+                    spec, key, payload, number, self.index.details.get(key), timeout
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failure = classify(exc, timeout)
+            else:
+                output = decode_output(spec, data, replay=False)
+                record = {"y": "t", "k": key, "n": spec.name, "o": data, "a": number}
+                self.index.apply(record)
+                self.committer.append(record)
+                self.progress.done += 1
+                return output
+            finally:
+                self.progress.running -= 1
+            if failure.kind is FailureKind.LOST:
+                losses += 1
+            else:
+                failed += 1
+            decision = decide(opts, failure, failed, losses, time.monotonic() - started)
+            record = {"y": "f", "k": key, "n": spec.name, "a": number,
+                      "e": failure.as_record(), "r": decision.retry}
+            self.index.apply(record)
+            self.committer.append(record)
+            if not decision.retry:
+                self.progress.failed += 1
+                reason = (f"task {spec.name} failed after {number} attempt(s) "
+                          f"({decision.reason}): {failure.type_name}: {failure.message}")
+                self.failures.append(TaskFailure(spec.name, key, number, reason, failure.error))
+                failure.error.add_note(reason)
+                raise failure.error
+            self.progress.retrying += 1
+            try:
+                await self.sleep(decision.delay)
+            finally:
+                self.progress.retrying -= 1

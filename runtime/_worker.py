@@ -1,0 +1,117 @@
+"""The Ray side of a task attempt.
+
+One Ray remote function is made per App class (its closure holds the class), so Ray exports the
+class to each worker once and every call ships only the task name, the input bytes and a small
+info tuple. Each worker process keeps one App instance per class and one event loop.
+
+The attempt returns the output as msgpack bytes of `model_dump(mode="json")`: the driver journals
+those bytes as they are, without serializing the output again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tempfile
+from typing import Any
+
+import msgpack
+import ray
+
+from application_sdk import _context
+from application_sdk.app import App
+from application_sdk.errors import NonRetryableError, PayloadTooLargeError
+
+__all__ = ["AttemptInfo", "remote_for", "scratch_root"]
+
+# (run_id, app_name, call_key, attempt, heartbeat_details or None, monitor handle or None,
+#  heartbeat settings) -- a tuple, cheap to serialize per call.
+AttemptInfo = tuple[str, str, str, int, dict[str, Any] | None, Any, tuple[Any, ...]]
+
+_instances: dict[type[App], App] = {}
+_loop: asyncio.AbstractEventLoop | None = None
+_remotes: dict[type[App], Any] = {}
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def scratch_root() -> str:
+    """The folder under which every attempt's scratch directory lives on this node."""
+    return os.environ.get("CONNECTOR_RUNTIME_SCRATCH") or os.path.join(
+        tempfile.gettempdir(), "connector-runtime", "scratch"
+    )
+
+
+def scratch_dir(app_name: str, run_id: str, call_key: str, attempt: int) -> str:
+    safe_key = _UNSAFE.sub("_", call_key)
+    return os.path.join(scratch_root(), app_name, run_id, safe_key, f"attempt-{attempt}")
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+    return _loop
+
+
+def _instance(app_cls: type[App]) -> App:
+    app = _instances.get(app_cls)
+    if app is None:
+        app = _instances[app_cls] = app_cls()
+    return app
+
+
+def execute(app_cls: type[App], task_name: str, payload: bytes, info: AttemptInfo) -> bytes:
+    """Run one attempt of `task_name` in this worker process; returns msgpack output bytes."""
+    from ._taskruntime import WorkerTaskRuntime
+
+    run_id, app_name, call_key, attempt, details, monitor, hb = info
+    spec = app_cls._tasks[task_name]
+    app = _instance(app_cls)
+    inp = spec.input_type.model_validate(msgpack.unpackb(payload, raw=False))
+    runtime = WorkerTaskRuntime(app_name, run_id, call_key, attempt, monitor, hb, details)
+    task_info = _context.TaskInfo(
+        run_id=run_id,
+        app_name=app_name,
+        task_name=task_name,
+        call_key=call_key,
+        attempt=attempt,
+        scratch_dir=scratch_dir(app_name, run_id, call_key, attempt),
+        heartbeat_details=details,
+        runtime=runtime,
+    )
+    token = _context.task_info.set(task_info)
+    runtime.start()
+    try:
+        out = _event_loop().run_until_complete(spec.fn(app, inp))
+    finally:
+        runtime.stop()
+        _context.task_info.reset(token)
+    if not isinstance(out, spec.output_type):
+        raise NonRetryableError(
+            f"task {task_name} returned {type(out).__qualname__}, expected "
+            f"{spec.output_type.__qualname__}"
+        )
+    data = msgpack.packb(out.model_dump(mode="json"), use_bin_type=True)
+    limit = app_cls.payload_limit_bytes
+    if len(data) > limit:
+        raise PayloadTooLargeError(
+            f"Output of task {task_name} is {len(data) / 2**20:.1f} MiB, over the "
+            f"{limit / 2**20:.0f} MiB payload limit: write the data to a file and return a "
+            "FileReference"
+        )
+    return data
+
+
+def remote_for(app_cls: type[App]) -> Any:
+    """The Ray remote function that runs attempts of `app_cls`'s tasks (cached per class)."""
+    remote = _remotes.get(app_cls)
+    if remote is None:
+
+        def attempt(task_name: str, payload: bytes, info: AttemptInfo) -> bytes:
+            return execute(app_cls, task_name, payload, info)
+
+        attempt.__name__ = attempt.__qualname__ = f"{app_cls.__name__}.task_attempt"
+        remote = ray.remote(max_retries=0, retry_exceptions=False)(attempt)
+        _remotes[app_cls] = remote
+    return remote
