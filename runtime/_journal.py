@@ -118,11 +118,12 @@ class GroupCommitter:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
             if not self._buf:
-                if self._closing:
+                if self._closing or self.error is not None:
                     return
+                # clear, then wait: every append/flush/close after this point sets it again
+                self._wake.clear()
+                await self._wake.wait()
                 continue
             if not self._closing and len(self._buf) < self.max_batch:
                 await asyncio.sleep(self.interval)  # let a burst of completions join the batch
@@ -136,8 +137,6 @@ class GroupCommitter:
                 self._done.notify_all()
             if self.error is not None:
                 return
-            if self._buf:
-                self._wake.set()
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         if self.lease.lost:
