@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 
-from ._worker import scratch_root
+from ._worker import RunContext, scratch_root
 
 __all__ = ["cleanup_scratch", "cleanup_transient"]
 
 
-def cleanup_scratch(app_name: str, run_id: str) -> int:
+def cleanup_scratch(run: RunContext) -> int:
     """Delete this run's scratch directories on this node; returns how many files went."""
-    root = os.path.join(scratch_root(), app_name, run_id)
+    root = os.path.join(scratch_root(), run.app_name, run.run_id)
     if not os.path.isdir(root):
         return 0
     count = sum(len(files) for _, _, files in os.walk(root))
@@ -20,6 +20,6 @@ def cleanup_scratch(app_name: str, run_id: str) -> int:
     return count
 
 
-def cleanup_transient(app_name: str, run_id: str) -> int:
+def cleanup_transient(run: RunContext) -> int:
     """Delete the run's TRANSIENT objects (none are tracked until FileReference support)."""
     return 0

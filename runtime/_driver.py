@@ -39,6 +39,7 @@ from ._keys import canonical_json, digest
 from ._orchestrator import Orchestrator
 from ._ray import ensure_ray
 from ._step import Budget, Progress, StepRunner
+from ._worker import RunContext
 
 __all__ = ["new_run_id", "run_app", "run_app_async", "validate_input"]
 
@@ -202,7 +203,8 @@ class _Driver:
         index = JournalIndex(load)
         committer = GroupCommitter(runs, self.lease, load.next_seq.get(self.lease.epoch, 0))
         committer.start()
-        executor = RayExecutor(self.app_cls, runs.run_id)
+        run_ctx = RunContext(runs.run_id, runs.app, runs.store.url, runs.store.options or None)
+        executor = RayExecutor(self.app_cls, run_ctx)
         budget = Budget(self.app_cls.max_task_executions, index.executions, runs.run_id)
         steps = StepRunner(index, committer, executor, budget, self.progress)
         orch = Orchestrator(self.app_cls, steps, index, committer)

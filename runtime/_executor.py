@@ -17,7 +17,7 @@ import ray
 
 from application_sdk.app import App, TaskSpec
 
-from ._worker import remote_for
+from ._worker import RunContext, remote_for
 
 __all__ = ["Attempt", "RayExecutor"]
 
@@ -36,10 +36,9 @@ class Attempt:
 
 
 class RayExecutor:
-    def __init__(self, app_cls: type[App], run_id: str, monitor: Any = None) -> None:
+    def __init__(self, app_cls: type[App], run: RunContext, monitor: Any = None) -> None:
         self.app_cls = app_cls
-        self.run_id = run_id
-        self.app_name = app_cls.name
+        self.run = run
         self.monitor = monitor
         self.running: dict[str, Attempt] = {}
         self._remote = remote_for(app_cls)
@@ -74,9 +73,8 @@ class RayExecutor:
         timeout: float,
     ) -> bytes:
         loop = asyncio.get_running_loop()
-        info = (self.run_id, self.app_name, key, number, details, self.monitor,
-                self._heartbeat_settings(spec))
-        ref = self._remote_for(spec).remote(spec.name, payload, info)
+        info = (key, number, details, self.monitor, self._heartbeat_settings(spec))
+        ref = self._remote_for(spec).remote(spec.name, payload, self.run, info)
         result: asyncio.Future[bytes] = loop.create_future()
         ref.future().add_done_callback(
             lambda cf: loop.call_soon_threadsafe(_settle_from, result, cf)

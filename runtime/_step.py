@@ -20,6 +20,7 @@ from application_sdk.contracts import Input, Output
 from application_sdk.errors import ContractError, TaskBudgetExceededError
 
 from ._failures import FailureKind, classify, decide
+from ._files import objects_in
 from ._journal import GroupCommitter, JournalIndex
 
 __all__ = ["Budget", "Executor", "Progress", "StepRunner", "TaskFailure"]
@@ -146,6 +147,9 @@ class StepRunner:
                 record = {"y": "t", "k": key, "n": spec.name, "o": data, "a": number}
                 self.index.apply(record)
                 self.committer.append(record)
+                for obj in objects_in(key, output):
+                    self.index.apply(obj)
+                    self.committer.append(obj)
                 self.progress.done += 1
                 return output
             finally:

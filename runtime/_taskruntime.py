@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._worker import RunContext
 
 __all__ = ["WorkerTaskRuntime"]
 
@@ -18,16 +21,14 @@ __all__ = ["WorkerTaskRuntime"]
 class WorkerTaskRuntime:
     def __init__(
         self,
-        app_name: str,
-        run_id: str,
+        run: RunContext,
         call_key: str,
         attempt: int,
         monitor: Any,
         heartbeat: tuple[Any, ...],
         details: dict[str, Any] | None,
     ) -> None:
-        self.app_name = app_name
-        self.run_id = run_id
+        self.run = run
         self.call_key = call_key
         self.attempt = attempt
         self.monitor = monitor
@@ -79,9 +80,9 @@ class WorkerTaskRuntime:
     def cleanup_files(self) -> int:
         from ._cleanup import cleanup_scratch
 
-        return cleanup_scratch(self.app_name, self.run_id)
+        return cleanup_scratch(self.run)
 
     def cleanup_storage(self) -> int:
         from ._cleanup import cleanup_transient
 
-        return cleanup_transient(self.app_name, self.run_id)
+        return cleanup_transient(self.run)

@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -22,12 +23,37 @@ import ray
 from application_sdk import _context
 from application_sdk.app import App
 from application_sdk.errors import NonRetryableError, PayloadTooLargeError
+from storage import Store, open_store
 
-__all__ = ["AttemptInfo", "remote_for", "scratch_root"]
+from . import _files
 
-# (run_id, app_name, call_key, attempt, heartbeat_details or None, monitor handle or None,
-#  heartbeat settings) -- a tuple, cheap to serialize per call.
-AttemptInfo = tuple[str, str, str, int, dict[str, Any] | None, Any, tuple[Any, ...]]
+__all__ = ["AttemptInfo", "RunContext", "remote_for", "scratch_root"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every attempt of a run shares."""
+
+    run_id: str
+    app_name: str
+    store_url: str
+    """Where the run's store is (never carries credentials)."""
+    store_options: dict[str, Any] | None = None
+    """fsspec options of the store (endpoint, profile); travel in memory only, never stored."""
+
+    def store(self) -> Store:
+        key = (self.store_url, repr(sorted((self.store_options or {}).items())))
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = open_store(self.store_url, self.store_options)
+        return store
+
+
+# (call_key, attempt, heartbeat_details or None, monitor handle or None, heartbeat settings):
+# a tuple, cheap to serialize per call.
+AttemptInfo = tuple[str, int, dict[str, Any] | None, Any, tuple[Any, ...]]
+
+_stores: dict[tuple[str, str], Store] = {}
 
 _instances: dict[type[App], App] = {}
 _loop: asyncio.AbstractEventLoop | None = None
@@ -61,15 +87,18 @@ def _instance(app_cls: type[App]) -> App:
     return app
 
 
-def execute(app_cls: type[App], task_name: str, payload: bytes, info: AttemptInfo) -> bytes:
+def execute(
+    app_cls: type[App], task_name: str, payload: bytes, run: RunContext, info: AttemptInfo
+) -> bytes:
     """Run one attempt of `task_name` in this worker process; returns msgpack output bytes."""
     from ._taskruntime import WorkerTaskRuntime
 
-    run_id, app_name, call_key, attempt, details, monitor, hb = info
+    run_id, app_name = run.run_id, run.app_name
+    call_key, attempt, details, monitor, hb = info
     spec = app_cls._tasks[task_name]
     app = _instance(app_cls)
     inp = spec.input_type.model_validate(msgpack.unpackb(payload, raw=False))
-    runtime = WorkerTaskRuntime(app_name, run_id, call_key, attempt, monitor, hb, details)
+    runtime = WorkerTaskRuntime(run, call_key, attempt, monitor, hb, details)
     task_info = _context.TaskInfo(
         run_id=run_id,
         app_name=app_name,
@@ -83,7 +112,10 @@ def execute(app_cls: type[App], task_name: str, payload: bytes, info: AttemptInf
     token = _context.task_info.set(task_info)
     runtime.start()
     try:
+        inp = _files.before_task(inp, run, task_info)
         out = _event_loop().run_until_complete(spec.fn(app, inp))
+        if isinstance(out, spec.output_type):
+            out = _files.after_task(out, run, task_info)
     finally:
         runtime.stop()
         _context.task_info.reset(token)
@@ -108,8 +140,8 @@ def remote_for(app_cls: type[App]) -> Any:
     remote = _remotes.get(app_cls)
     if remote is None:
 
-        def attempt(task_name: str, payload: bytes, info: AttemptInfo) -> bytes:
-            return execute(app_cls, task_name, payload, info)
+        def attempt(task_name: str, payload: bytes, run: RunContext, info: AttemptInfo) -> bytes:
+            return execute(app_cls, task_name, payload, run, info)
 
         attempt.__name__ = attempt.__qualname__ = f"{app_cls.__name__}.task_attempt"
         remote = ray.remote(max_retries=0, retry_exceptions=False)(attempt)

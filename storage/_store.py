@@ -68,10 +68,15 @@ class Store:
 
     protocol = "generic"
 
-    def __init__(self, url: str, fs: fsspec.AbstractFileSystem, root: str) -> None:
+    def __init__(
+        self, url: str, fs: fsspec.AbstractFileSystem, root: str,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.url = url
         self.fs = fs
         self.root = root.rstrip("/")
+        self.options = dict(options or {})
+        """The fsspec options the store was opened with (kept in memory, never written)."""
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -358,10 +363,11 @@ def open_store(url: str | None = None, options: dict[str, Any] | None = None) ->
         root = (parts.netloc + parts.path) if parts.netloc else parts.path
         root = root if protocol != "memory" else "/" + root.lstrip("/")
     cls = _BACKENDS.get(protocol, Store)
+    user_options = dict(options or {})
     try:
         fs = fsspec.filesystem(protocol, **opts)
     except (ImportError, ValueError, TypeError) as exc:
         raise StoreError(f"cannot open store {url}: {exc}") from exc
     if protocol == "file":
         os.makedirs(root, exist_ok=True)
-    return cls(url, fs, root)
+    return cls(url, fs, root, user_options)
