@@ -38,7 +38,7 @@ class Attempt:
 class RayExecutor:
     def __init__(self, app_cls: type[App], run: RunContext, monitor: Any = None) -> None:
         self.app_cls = app_cls
-        self.run = run
+        self.context = run
         self.monitor = monitor
         self.running: dict[str, Attempt] = {}
         self._remote = remote_for(app_cls)
@@ -74,7 +74,7 @@ class RayExecutor:
     ) -> bytes:
         loop = asyncio.get_running_loop()
         info = (key, number, details, self.monitor, self._heartbeat_settings(spec))
-        ref = self._remote_for(spec).remote(spec.name, payload, self.run, info)
+        ref = self._remote_for(spec).remote(spec.name, payload, self.context, info)
         result: asyncio.Future[bytes] = loop.create_future()
         ref.future().add_done_callback(
             lambda cf: loop.call_soon_threadsafe(_settle_from, result, cf)

@@ -28,7 +28,7 @@ class WorkerTaskRuntime:
         heartbeat: tuple[Any, ...],
         details: dict[str, Any] | None,
     ) -> None:
-        self.run = run
+        self.context = run
         self.call_key = call_key
         self.attempt = attempt
         self.monitor = monitor
@@ -80,9 +80,9 @@ class WorkerTaskRuntime:
     def cleanup_files(self) -> int:
         from ._cleanup import cleanup_scratch
 
-        return cleanup_scratch(self.run)
+        return cleanup_scratch(self.context)
 
     def cleanup_storage(self) -> int:
         from ._cleanup import cleanup_transient
 
-        return cleanup_transient(self.run)
+        return cleanup_transient(self.context)
