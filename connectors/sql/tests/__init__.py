@@ -1,0 +1,1 @@
+"""Tests of the SQL source library (real SQLite files and a real PostgreSQL server)."""
