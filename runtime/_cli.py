@@ -105,19 +105,27 @@ def _print_output(output: Any) -> None:
 def _execute(app_cls: type[App], payload: Any, args: argparse.Namespace, store: Store,
              run_id: str | None, entrypoint: str | None) -> int:
     from ._driver import new_run_id, run_app_async
+    from ._ray import after_init
 
     run_id = run_id or new_run_id(app_cls)
     print(f"run {run_id} ({app_cls.name}) in {store.url}", file=sys.stderr)
-    coro = run_app_async(app_cls, payload, run_id=run_id, store=store, entrypoint=entrypoint)
-    _install_sigterm()
+    interrupted: list[int] = []
+
+    async def main() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        after_init(lambda: _cancel_on_signals(task, interrupted))
+        return await run_app_async(app_cls, payload, run_id=run_id, store=store,
+                                   entrypoint=entrypoint)
+
     try:
-        output = asyncio.run(coro)
-    except KeyboardInterrupt:
-        print(f"run {run_id}: interrupted; status CANCELLED", file=sys.stderr)
+        output = asyncio.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"run {run_id}: interrupted before it started", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RunCancelledError as exc:
         print(str(exc), file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
     except RunFailedError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILED
@@ -131,13 +139,18 @@ def _execute(app_cls: type[App], payload: Any, args: argparse.Namespace, store: 
     return EXIT_OK
 
 
-def _install_sigterm() -> None:
-    """`ray job stop` sends SIGTERM: treat it like Ctrl-C so the run ends CANCELLED cleanly."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+def _cancel_on_signals(task: asyncio.Task[Any], interrupted: list[int]) -> None:
+    """Ctrl-C and SIGTERM (what `ray job stop` sends) cancel the run cleanly: in-flight
+    attempts are stopped, on_complete() runs, the status becomes CANCELLED, exit code 130."""
+    loop = asyncio.get_running_loop()
 
-    if os.name == "posix":
-        signal.signal(signal.SIGTERM, handler)
+    def on_signal(signum: int) -> None:
+        print(f"received {signal.Signals(signum).name}: cancelling the run", file=sys.stderr)
+        interrupted.append(signum)
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -1,0 +1,176 @@
+"""One conformance suite for the store, run against memory://, file:// and S3 (moto server)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from storage import (
+    CorruptRecordError,
+    Lease,
+    LeaseHeldError,
+    LeaseLostError,
+    RunRecord,
+    RunStore,
+    StoreError,
+    decode,
+    encode,
+    find_runs,
+    list_runs,
+    open_store,
+)
+
+
+@pytest.fixture(params=["memory", "file", "s3"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        return open_store(f"memory://conformance-{uuid.uuid4().hex}")
+    if request.param == "file":
+        return open_store(str(tmp_path / "store"))
+    return open_store(request.getfixturevalue("s3_url"))
+
+
+def test_read_write_and_missing(store):
+    assert store.read("a/missing") is None
+    store.write("a/b", b"one")
+    store.write("a/b", b"two")
+    assert store.read("a/b") == b"two"
+    assert store.exists("a/b") and not store.exists("a/c")
+
+
+def test_create_is_exclusive(store):
+    assert store.create("x/seg", b"first") is True
+    assert store.create("x/seg", b"second") is False
+    assert store.read("x/seg") == b"first"
+
+
+def test_create_races_have_one_winner(store):
+    results: list[bool] = []
+    barrier = threading.Barrier(8)
+
+    def contend(i: int) -> None:
+        barrier.wait()
+        results.append(store.create("race/obj", str(i).encode()))
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+
+
+def test_replace_if_refuses_stale_token(store):
+    assert store.replace_if("cas/obj", b"v1", None) is True
+    assert store.replace_if("cas/obj", b"again", None) is False
+    data, token = store.read_versioned("cas/obj")
+    assert data == b"v1"
+    assert store.replace_if("cas/obj", b"v2", token) is True
+    assert store.replace_if("cas/obj", b"v3", token) is False  # token is stale now
+    assert store.read("cas/obj") == b"v2"
+
+
+def test_list_read_many_delete(store):
+    for i in range(5):
+        store.write(f"l/{i:02d}", bytes([i]))
+    store.write("other/x", b"x")
+    assert store.list("l") == [f"l/{i:02d}" for i in range(5)]
+    got = store.read_many(["l/00", "l/03", "l/missing"])
+    assert got == {"l/00": b"\x00", "l/03": b"\x03"}
+    store.delete(["l/00", "l/missing"])
+    assert store.list("l") == [f"l/{i:02d}" for i in range(1, 5)]
+    store.delete_prefix("l")
+    assert store.list("l") == [] and store.read("other/x") == b"x"
+
+
+@pytest.mark.parametrize("key", ["../escape", "/abs", "a/../../b", "a//b", "a/./b", ""])
+def test_keys_are_confined_to_the_root(store, key):
+    with pytest.raises(StoreError, match="refused store key"):
+        store.write(key, b"x")
+
+
+def test_records_are_checksummed(store):
+    store.write("r/rec", encode({"a": 1, "b": [1, 2]}))
+    assert decode(store.read("r/rec")) == {"a": 1, "b": [1, 2]}
+    data = bytearray(store.read("r/rec"))
+    data[-1] ^= 1
+    with pytest.raises(CorruptRecordError):
+        decode(bytes(data))
+    with pytest.raises(CorruptRecordError):
+        decode(bytes(data[:10]))  # torn write
+
+
+def test_journal_segments_load_in_order_and_skip_corrupt(store):
+    runs = RunStore(store, "App", "run-1")
+    assert runs.write_segment(1, 0, [{"k": "a"}])
+    assert runs.write_segment(1, 1, [{"k": "b"}, {"k": "c"}])
+    assert not runs.write_segment(1, 1, [{"k": "lost"}])  # immutable
+    assert runs.write_segment(2, 0, [{"k": "d"}])
+    store.write(runs.segment_key(2, 1), b"CRT1garbage")
+    load = runs.load_journal()
+    assert [r["k"] for r in load.records] == ["a", "b", "c", "d"]
+    assert load.corrupt == [runs.segment_key(2, 1)]
+    assert load.next_seq == {1: 2, 2: 2}
+
+
+def test_run_records_round_trip_and_listing(store):
+    runs = RunStore(store, "App", "run-2")
+    rec = RunRecord(app="App", run_id="run-2", app_path="m:App", entrypoint="run",
+                    input={"x": 1}, input_digest="d")
+    runs.write_run(rec)
+    assert runs.read_run().input == {"x": 1}
+    assert [r.run_id for r in list_runs(store)] == ["run-2"]
+    assert [r.app for r in find_runs(store, "run-2")] == ["App"]
+
+
+def test_lease_single_owner_takeover_and_fencing(store):
+    runs = RunStore(store, "App", "run-3")
+    first = Lease(runs, ttl=30)
+    assert first.acquire() == 1
+    with pytest.raises(LeaseHeldError) as info:
+        Lease(runs, ttl=30).acquire()
+    assert first.owner in str(info.value)
+    # the first driver "dies": its lease expires; a new driver takes over with a new epoch
+    short = Lease(runs, ttl=0.01, owner=first.owner)
+    short.epoch = first.epoch
+    short.renew()
+    import time
+
+    time.sleep(0.05)
+    second = Lease(runs, ttl=30)
+    assert second.acquire() == 2
+    with pytest.raises(LeaseLostError):
+        first.renew()  # fenced: the old driver learns it lost the run
+    assert first.lost
+    second.release()
+    assert Lease(runs, ttl=30).acquire() == 3  # epochs only grow
+
+
+def test_two_drivers_racing_for_a_lease_one_wins(store):
+    runs = RunStore(store, "App", "run-4")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def contend() -> None:
+        barrier.wait()
+        try:
+            Lease(runs, ttl=30).acquire()
+            outcomes.append("won")
+        except LeaseHeldError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=contend) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("won") == 1
+
+
+def test_credentials_in_url_are_refused_without_echoing_them():
+    with pytest.raises(StoreError) as info:
+        open_store("s3://AKIAEXAMPLE:supersecret@bucket/prefix")
+    assert "supersecret" not in str(info.value)
+    assert "AKIAEXAMPLE" not in str(info.value)
