@@ -1,3 +1,3 @@
-"""Root conftest: shared service fixtures (moto S3 server, PostgreSQL, Ray) live in tests/services.py."""
+"""Root conftest: shared service fixtures (S3, PostgreSQL, Ray head) are in tests/services.py."""
 
 pytest_plugins = ["tests.services"]

@@ -91,7 +91,7 @@ def test_task_failing_twice_then_succeeding(ray_session, file_store, tmp_path):
 @pytest.mark.parametrize("explicit", [False, True])
 def test_non_retryable_error_fails_at_once(ray_session, file_store, tmp_path, explicit):
     count = tmp_path / "count"
-    with pytest.raises(RunFailedError, match="non.retryable") as info:
+    with pytest.raises(RunFailedError, match=r"non.retryable") as info:
         run_app(
             b.NonRetryableApp,
             b.Job(count_file=str(count), seconds=float(explicit)),
