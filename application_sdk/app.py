@@ -7,6 +7,7 @@ engine that runs them lives in `runtime` and reaches in through `application_sdk
 from __future__ import annotations
 
 import inspect
+import os
 import random as _random
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -450,8 +451,10 @@ class App:
 
     @property
     def scratch_dir(self) -> str:
-        """This attempt's own directory for local files."""
-        return _context.current_task().scratch_dir
+        """This attempt's own directory for local files (created on first use)."""
+        path = _context.current_task().scratch_dir
+        os.makedirs(path, exist_ok=True)
+        return path
 
     @property
     def task_info(self) -> _context.TaskInfo:

@@ -1,25 +1,101 @@
-"""Built-in cleanup, run inside the cleanup tasks on a worker."""
+"""Built-in cleanup, run inside the cleanup tasks on a worker.
+
+Both work from shared state, not from the memory of the process that created the files:
+
+- `cleanup_transient` deletes the run's TRANSIENT prefix in the store
+  (`runs/{app}/{run_id}/files/`), where every TRANSIENT object of the run lives whichever node
+  wrote it; the journal's "o" records are cross-checked so a TRANSIENT object recorded
+  elsewhere (an older layout) is not forgotten, but a recorded path outside the run's own
+  TRANSIENT prefix is refused, never deleted.
+- `cleanup_scratch` deletes the run's scratch folder (`{scratch_root}/{app}/{run_id}`: attempt
+  scratch dirs and the object cache) on every alive Ray node, through a small task pinned to
+  each node. Only paths strictly inside the scratch root are deleted.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
+
+from storage import RunStore
+from storage._files import PathRefusedError, delete_local, delete_store_prefix, tier_prefix
 
 from ._worker import RunContext, scratch_root
 
-__all__ = ["cleanup_scratch", "cleanup_transient"]
+__all__ = ["cleanup_scratch", "cleanup_transient", "delete_run_scratch"]
+
+log = logging.getLogger("connector_runtime")
+
+_NODE_TIMEOUT = 60.0
+
+
+def delete_run_scratch(app_name: str, run_id: str) -> int:
+    """Delete this node's scratch folder of one run; how many files went."""
+    root = scratch_root()
+    folder = os.path.join(root, app_name, run_id)
+    if not os.path.isdir(folder):
+        return 0
+    return delete_local(folder, [root])
 
 
 def cleanup_scratch(run: RunContext) -> int:
-    """Delete this run's scratch directories on this node; returns how many files went."""
-    root = os.path.join(scratch_root(), run.app_name, run.run_id)
-    if not os.path.isdir(root):
+    """Delete this run's scratch folders on every alive node; returns how many files went."""
+    count = delete_run_scratch(run.app_name, run.run_id)
+    return count + _on_other_nodes(run)
+
+
+def _on_other_nodes(run: RunContext) -> int:
+    try:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    except ImportError:
         return 0
-    count = sum(len(files) for _, _, files in os.walk(root))
-    shutil.rmtree(root, ignore_errors=True)
-    return count
+    if not ray.is_initialized():
+        return 0
+    here = ray.get_runtime_context().get_node_id()
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
+    if not nodes:
+        return 0
+    remote = ray.remote(num_cpus=0, max_retries=1)(delete_run_scratch)
+    refs = [
+        remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+        .remote(run.app_name, run.run_id)
+        for node in nodes
+    ]
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=_NODE_TIMEOUT)
+    total = 0
+    for ref in ready:
+        try:
+            total += ray.get(ref)
+        except Exception as exc:  # a node that went away meanwhile keeps its (temp) files
+            log.warning("scratch cleanup on a node failed: %s", exc)
+    if pending:
+        log.warning("scratch cleanup: %d node(s) did not answer in %.0f s", len(pending),
+                    _NODE_TIMEOUT)
+    return total
 
 
 def cleanup_transient(run: RunContext) -> int:
-    """Delete the run's TRANSIENT objects (none are tracked until FileReference support)."""
-    return 0
+    """Delete the run's TRANSIENT objects from the store; returns how many objects went."""
+    store = run.store()
+    prefix = tier_prefix("transient", run.app_name, run.run_id)
+    count = delete_store_prefix(store, prefix, [prefix])
+    for path in _recorded_transient(store, run):
+        if path == prefix or path.startswith(prefix + "/"):
+            continue  # already gone with the prefix
+        try:
+            count += delete_store_prefix(store, path, [prefix])
+        except PathRefusedError as exc:
+            log.warning("%s", exc)
+    return count
+
+
+def _recorded_transient(store, run: RunContext) -> list[str]:
+    try:
+        load = RunStore(store, run.app_name, run.run_id).load_journal()
+    except Exception as exc:  # the prefix is gone already; the cross-check is a bonus
+        log.warning("run %s: journal not readable for the cleanup cross-check: %s",
+                    run.run_id, exc)
+        return []
+    return sorted({r["p"] for r in load.records
+                   if r.get("y") == "o" and r.get("t") == "transient" and r.get("p")})

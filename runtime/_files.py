@@ -1,32 +1,149 @@
-"""FileReference handling around a task attempt (filled in by the FileReference work).
+"""FileReference handling around a task attempt.
 
-- `before_task`: materialize durable references in a task's input on this worker.
-- `after_task`: persist local-only references in a task's output to the store.
-- `objects_in`: journal records ({"y": "o", ...}) of the objects a completed task's output
-  created, so cleanup works after a driver restart and across nodes.
+- `before_task`: materialize durable references in a task's input on this worker (into the
+  run's per-node object cache, `{scratch_root}/{app}/{run_id}/.objects/`), setting local_path.
+- `after_task`: persist local-only references in a task's output to the store, under the
+  reference's tier prefix, and mark them durable (before the driver journals the output).
+- `objects_in`: journal records ({"y": "o", ...}) of the durable objects in a completed task's
+  output, so cleanup and gc work from the store after a driver restart and across nodes.
+
+References are found anywhere in a contract: as a field, or inside lists, tuples, dicts and
+nested models. Each persisted reference gets a store folder of its own,
+`{tier prefix}/{call key}/a{attempt}/{field path}/{file name}`: the attempt number keeps a
+late-finishing earlier attempt from overwriting the object a later attempt recorded.
+
+Allowed roots (upload): a local-only reference must point inside the runtime's scratch root
+(`runtime._worker.scratch_root()`, i.e. $CONNECTOR_RUNTIME_SCRATCH or the temp dir's
+connector-runtime/scratch) or one of the folders in $CONNECTOR_RUNTIME_ALLOWED_ROOTS
+(os.pathsep-separated), after resolving symlinks and `..`. Anything else (`/etc/passwd`,
+`../../x`) fails the task with a non-retryable `PathRefusedError`: a task should not be able to
+ship arbitrary files of the worker's host to the store by naming them.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from application_sdk.contracts import Input, Output
+from pydantic import BaseModel
+
+from application_sdk.contracts import FileReference, Input, Output
+from storage._files import check_inside, materialize, persist, tier_prefix
 
 if TYPE_CHECKING:
     from application_sdk._context import TaskInfo
 
     from ._worker import RunContext
 
-__all__ = ["after_task", "before_task", "objects_in"]
+__all__ = ["after_task", "allowed_roots", "before_task", "cache_dir", "objects_in"]
+
+ALLOWED_ROOTS_VAR = "CONNECTOR_RUNTIME_ALLOWED_ROOTS"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+Visit = Callable[[FileReference, str], FileReference]
+
+
+def allowed_roots() -> list[str]:
+    """Where local-only references may point for upload: the scratch root and the env's."""
+    from ._worker import scratch_root
+
+    extra = os.environ.get(ALLOWED_ROOTS_VAR, "")
+    return [scratch_root(), *(p for p in extra.split(os.pathsep) if p.strip())]
+
+
+def cache_dir(run: RunContext) -> str:
+    """This node's cache of materialized objects for the run (removed by cleanup_files)."""
+    from ._worker import scratch_root
+
+    return os.path.join(scratch_root(), run.app_name, run.run_id, ".objects")
+
+
+def _walk(value: Any, visit: Visit, path: str) -> Any:
+    """`value` with every FileReference replaced by `visit(ref, field_path)` (copy on change)."""
+    if isinstance(value, FileReference):
+        return visit(value, path)
+    if isinstance(value, BaseModel):
+        changes = {}
+        for name in type(value).model_fields:
+            old = getattr(value, name)
+            new = _walk(old, visit, f"{path}.{name}" if path else name)
+            if new is not old:
+                changes[name] = new
+        return value.model_copy(update=changes) if changes else value
+    if isinstance(value, (list, tuple)):
+        items = [_walk(v, visit, f"{path}.{i}") for i, v in enumerate(value)]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return type(value)(items)
+    if isinstance(value, dict):
+        out = {k: _walk(v, visit, f"{path}.{k}") for k, v in value.items()}
+        if all(out[k] is value[k] for k in value):
+            return value
+        return out
+    return value
+
+
+def _references(value: Any) -> list[FileReference]:
+    found: list[FileReference] = []
+
+    def collect(ref: FileReference, _path: str) -> FileReference:
+        found.append(ref)
+        return ref
+
+    _walk(value, collect, "")
+    return found
 
 
 def before_task(inp: Input, run: RunContext, info: TaskInfo) -> Input:
-    return inp
+    if not _references(inp):
+        return inp
+    store = run.store()
+    cache = cache_dir(run)
+
+    def fetch(ref: FileReference, _path: str) -> FileReference:
+        if not ref.is_durable or not ref.storage_path:
+            return ref  # local-only: usable where it was made, nothing to fetch
+        return ref.model_copy(update={"local_path": materialize(store, ref, cache)})
+
+    return _walk(inp, fetch, "")
 
 
 def after_task(out: Output, run: RunContext, info: TaskInfo) -> Output:
-    return out
+    if not _references(out):
+        return out
+    store = run.store()
+    roots = allowed_roots()
+    call = _UNSAFE.sub("_", info.call_key)
+
+    def upload(ref: FileReference, path: str) -> FileReference:
+        if ref.is_durable or not ref.local_path:
+            return ref
+        real = check_inside(ref.local_path, roots, action="upload")
+        name = _UNSAFE.sub("_", os.path.basename(real.rstrip(os.sep))) or "data"
+        field = _UNSAFE.sub("_", path) or "output"
+        key = (f"{tier_prefix(ref.tier, run.app_name, run.run_id)}/{call}/"
+               f"a{info.attempt}/{field}/{name}")
+        stored = persist(store, real, key, known_size=ref.size_bytes,
+                         known_sha256=ref.sha256)
+        return ref.model_copy(update={
+            "storage_path": stored.storage_path,
+            "is_durable": True,
+            "size_bytes": stored.size_bytes,
+            "sha256": stored.sha256,
+            "file_count": stored.file_count,
+        })
+
+    return _walk(out, upload, "")
 
 
 def objects_in(key: str, output: Output) -> list[dict[str, Any]]:
-    return []
+    """Journal records of the durable objects `output` refers to (one per storage path)."""
+    seen: set[str] = set()
+    records = []
+    for ref in _references(output):
+        if ref.is_durable and ref.storage_path and ref.storage_path not in seen:
+            seen.add(ref.storage_path)
+            records.append({"y": "o", "k": key, "p": ref.storage_path, "t": ref.tier.value})
+    return records
