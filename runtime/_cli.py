@@ -250,6 +250,31 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    """List (dry run) or delete RETAINED objects, and TRANSIENT ones of finished runs, past
+    the retention; PERSISTENT objects are never touched."""
+    from ._gc import collect, parse_age, plan
+
+    try:
+        older_than = parse_age(args.older_than)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    store = _store(args)
+    items = plan(store, older_than)
+    verb = "deleting" if args.yes else "would delete"
+    for item in items:
+        print(f"{verb} {item.describe()}")
+    total = sum(i.objects for i in items)
+    if not args.yes:
+        print(f"{len(items)} folder(s), {total} object(s) past {args.older_than} in "
+              f"{store.url}; nothing deleted (dry run: add --yes to delete)", file=sys.stderr)
+        return EXIT_OK
+    deleted = collect(store, items)
+    print(f"deleted {deleted} object(s) in {len(items)} folder(s) from {store.url}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="connector-runtime",
@@ -296,6 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="cancelled by user")
     store_args(p)
     p.set_defaults(fn=cmd_cancel)
+
+    p = sub.add_parser("gc", help="delete RETAINED (and leftover TRANSIENT) objects past "
+                       "retention; dry run unless --yes")
+    p.add_argument("--older-than", required=True, metavar="AGE",
+                   help="retention, e.g. 30d, 12h, 2w (by the run's finished_at, else the "
+                   "object's mtime)")
+    p.add_argument("--yes", action="store_true", help="delete (default: only list)")
+    store_args(p)
+    p.set_defaults(fn=cmd_gc)
     return parser
 
 
