@@ -112,11 +112,14 @@ def _execute(app_cls: type[App], payload: Any, args: argparse.Namespace, store: 
     interrupted: list[int] = []
 
     async def main() -> Any:
+        from ._progress import ProgressDisplay
+
         task = asyncio.current_task()
         assert task is not None
         after_init(lambda: _cancel_on_signals(task, interrupted))
-        return await run_app_async(app_cls, payload, run_id=run_id, store=store,
-                                   entrypoint=entrypoint)
+        with ProgressDisplay(f"run {run_id}") as progress:
+            return await run_app_async(app_cls, payload, run_id=run_id, store=store,
+                                       entrypoint=entrypoint, on_progress=progress.update)
 
     try:
         output = asyncio.run(main())

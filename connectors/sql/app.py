@@ -16,6 +16,10 @@ accumulate)::
 
     data/<schema.table>/<run_id>-part-00000.parquet
     manifests/<run_id>.json                         tables, files, rows, schemas, checksums
+
+The data manifest is also returned as a PERSISTENT ``FileReference`` (``output.manifest``):
+the runtime stores it under ``{store}/persistent/SqlConnector/<run_id>/...`` and never deletes
+it, so a run's record of what it wrote outlives the destination's housekeeping.
     metadata/<run_id>/columns-00000.parquet         one row per column
     metadata/<run_id>/tables-00000.json             describe_tables() output
     metadata/<run_id>/manifest.json
@@ -35,13 +39,14 @@ from ``PGPASSWORD`` / ``~/.pgpass`` in the workers' environment; S3 destinations
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
 from application_sdk.app import App, entrypoint, task
-from application_sdk.contracts import Input, Output
+from application_sdk.contracts import FileReference, Input, Output, StorageTier
 from connectors import sql as source
 from connectors._output import check_destination, join_url, write_json, write_parquet
 
@@ -172,8 +177,10 @@ class ExtractDataOutput(Output):
     rows: int
     files: int
     bytes: int
-    manifest: str
-    """Path of ``manifests/<run_id>.json``."""
+    manifest: FileReference
+    """The manifest as a PERSISTENT object in the run's store (never deleted by the runtime)."""
+    manifest_path: str
+    """The same manifest under the destination: ``manifests/<run_id>.json``."""
     next_since: Watermarks = {}
     """Pass as the next run's ``since`` (incremental mode)."""
     tables: Annotated[list[TableSummary], Field(max_length=MAX_TABLES)] = []
@@ -258,6 +265,7 @@ class DataManifestInput(Input):
 
 class DataManifestOutput(Output):
     path: str
+    manifest: FileReference
     tables: Annotated[list[TableSummary], Field(max_length=MAX_TABLES)]
 
 
@@ -347,7 +355,8 @@ class SqlConnector(App):
             rows=sum(r.rows for r in results),
             files=len(results),
             bytes=sum(r.bytes for r in results),
-            manifest=manifest.path,
+            manifest=manifest.manifest,
+            manifest_path=manifest.path,
             next_since={t.table: t.next_since for t in tables if t.incremental},
             tables=manifest.tables,
         )
@@ -451,8 +460,12 @@ class SqlConnector(App):
             "bytes": sum(s.bytes for s in summaries),
         }
         path = join_url(input.destination, "manifests", f"{input.run_id}.json")
+        local = os.path.join(self.scratch_dir, "manifest.json")
+        size = await asyncio.to_thread(write_json, local, manifest)
         await asyncio.to_thread(write_json, path, manifest)
-        return DataManifestOutput(path=path, tables=summaries)
+        ref = FileReference(local_path=local, tier=StorageTier.PERSISTENT, format="other",
+                            size_bytes=size)
+        return DataManifestOutput(path=path, manifest=ref, tables=summaries)
 
 
 def _plan_table(conn, info: dict, input: PlanInput) -> tuple[TablePlan, list[Partition]]:
