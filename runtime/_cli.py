@@ -278,6 +278,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import demo_main
+
+    if args.rows < 10:
+        raise CliError("--rows must be at least 10")
+    return demo_main(args.rows, args.output, args.store, args.target_rows, args.max_parallel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="connector-runtime",
@@ -324,6 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="cancelled by user")
     store_args(p)
     p.set_defaults(fn=cmd_cancel)
+
+    p = sub.add_parser("demo", help="generate a SQLite source and extract it to Parquet on "
+                       "local Ray (the main job, end to end)")
+    p.add_argument("--rows", type=int, default=5_000_000,
+                   help="rows in the generated source (default 5,000,000; cached)")
+    p.add_argument("--output", default="demo-output", help="output folder (./demo-output)")
+    p.add_argument("--store", help="store URL (default ./.connector-runtime)")
+    p.add_argument("--target-rows", type=int, help="rows per partition (default rows/20)")
+    p.add_argument("--max-parallel", type=int, default=0,
+                   help="partitions extracted at once (default: as many as CPUs allow)")
+    p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("gc", help="delete RETAINED (and leftover TRANSIENT) objects past "
                        "retention; dry run unless --yes")
