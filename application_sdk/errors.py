@@ -10,6 +10,7 @@ __all__ = [
     "AppError",
     "ContractError",
     "DefinitionError",
+    "HeartbeatTimeoutError",
     "NonRetryableError",
     "NondeterminismError",
     "PayloadSafetyError",
@@ -79,3 +80,8 @@ class RunFailedError(AppError):
 
 class RunCancelledError(AppError):
     """A run ended CANCELLED at a user's request."""
+
+
+class HeartbeatTimeoutError(AppError):
+    """An attempt sent no heartbeat for heartbeat_timeout_seconds (frozen process, lost node),
+    or, with `enforce_progress`, reported no new heartbeat details for max_no_progress_seconds."""

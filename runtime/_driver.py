@@ -34,6 +34,7 @@ from storage import (
 
 from ._errors import InputValidationError, RunConflictError
 from ._executor import RayExecutor
+from ._heartbeat import HeartbeatWatch, shared_monitor
 from ._journal import GroupCommitter, JournalIndex
 from ._keys import canonical_json, digest
 from ._orchestrator import Orchestrator
@@ -171,6 +172,7 @@ class _Driver:
         self.progress = Progress()
         self.cancel_reason: str | None = None
         self.lease = Lease(runs, ttl=LEASE_TTL)
+        self.heartbeats: HeartbeatWatch | None = None
 
     async def execute(self) -> Output:
         await asyncio.to_thread(self.lease.acquire)
@@ -204,13 +206,21 @@ class _Driver:
         committer = GroupCommitter(runs, self.lease, load.next_seq.get(self.lease.epoch, 0))
         committer.start()
         run_ctx = RunContext(runs.run_id, runs.app, runs.store.url, runs.store.options or None)
-        executor = RayExecutor(self.app_cls, run_ctx)
+        monitor = await shared_monitor()
+        executor = RayExecutor(self.app_cls, run_ctx, monitor)
+        self.heartbeats = HeartbeatWatch(monitor, runs.run_id, executor, index, committer)
         budget = Budget(self.app_cls.max_task_executions, index.executions, runs.run_id)
-        steps = StepRunner(index, committer, executor, budget, self.progress)
+        steps = StepRunner(index, committer, executor, budget, self.progress,
+                           before_retry=self.heartbeats.latest_details)
         orch = Orchestrator(self.app_cls, steps, index, committer)
         log.info("run %s: %d task results recorded, %d segments", runs.run_id,
                  len(index.tasks), load.segments)
-        return await self._orchestrate(record, orch, executor, committer)
+        watch = asyncio.get_running_loop().create_task(self.heartbeats.run())
+        try:
+            return await self._orchestrate(record, orch, executor, committer)
+        finally:
+            watch.cancel()
+            self.heartbeats.close()
 
     async def _orchestrate(
         self, record: RunRecord, orch: Orchestrator, executor: RayExecutor,
@@ -305,7 +315,9 @@ class _Driver:
                 self.cancel_reason = reason
                 run_task.cancel()
                 return
-            snap = self.progress.snapshot()
+            snap: dict[str, Any] = self.progress.snapshot()
+            if self.heartbeats is not None and self.heartbeats.stalled:
+                snap["stalled"] = {k: round(v) for k, v in self.heartbeats.stalled.items()}
             if self.on_progress is not None:
                 self.on_progress(snap)
             if snap != last_written and time.monotonic() - last_write > 2.0:

@@ -76,9 +76,7 @@ class RayExecutor:
         info = (key, number, details, self.monitor, self._heartbeat_settings(spec))
         ref = self._remote_for(spec).remote(spec.name, payload, self.context, info)
         result: asyncio.Future[bytes] = loop.create_future()
-        ref.future().add_done_callback(
-            lambda cf: loop.call_soon_threadsafe(_settle_from, result, cf)
-        )
+        ref.future().add_done_callback(lambda cf: _call_soon(loop, result, cf))
         attempt = Attempt(key, spec.name, number, ref, result, spec.options)
         self.running[key] = attempt
         timer = loop.call_later(timeout, self.kill, key, TimeoutError())
@@ -103,6 +101,13 @@ class RayExecutor:
     def cancel_all(self) -> None:
         for attempt in list(self.running.values()):
             _cancel(attempt.ref)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, result: asyncio.Future[bytes], cf: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(_settle_from, result, cf)
+    except RuntimeError:  # the loop closed: nobody waits for this attempt any more
+        pass
 
 
 def _settle_from(result: asyncio.Future[bytes], cf: Any) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ray import exceptions as rx
 
 from application_sdk.app import RetryPolicy, TaskOptions
-from application_sdk.errors import TaskTimeoutError, WorkerLostError
+from application_sdk.errors import HeartbeatTimeoutError, TaskTimeoutError, WorkerLostError
 
 __all__ = ["Decision", "Failure", "FailureKind", "classify", "decide", "error_type_names"]
 
@@ -82,6 +82,8 @@ def classify(exc: BaseException, timeout: float | None = None) -> Failure:
         return Failure(FailureKind.LOST, err, error_type_names(err))
     if isinstance(exc, WorkerLostError):
         return Failure(FailureKind.LOST, exc, error_type_names(exc))
+    if isinstance(exc, HeartbeatTimeoutError):
+        return Failure(FailureKind.HEARTBEAT, exc, error_type_names(exc))
     return Failure(FailureKind.ERROR, exc, error_type_names(exc))
 
 

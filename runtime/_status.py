@@ -33,6 +33,8 @@ def describe(store: Store, record: RunRecord) -> dict[str, Any]:
         "last_error": index.last_error or record.error,
         "journal_segments": load.segments,
     }
+    if progress.get("stalled") and not record.status.finished:
+        info["stalled_tasks"] = progress["stalled"]
     if load.corrupt:
         info["corrupt_segments"] = load.corrupt
     if record.warnings:

@@ -99,6 +99,7 @@ class StepRunner:
         budget: Budget,
         progress: Progress | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        before_retry: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.index = index
         self.committer = committer
@@ -106,6 +107,8 @@ class StepRunner:
         self.budget = budget
         self.progress = progress or Progress()
         self.sleep = sleep
+        self.before_retry = before_retry
+        """Called after a failed attempt, e.g. to fetch its last heartbeat details."""
         self.failures: list[TaskFailure] = []
 
     def recorded(self, spec: TaskSpec, key: str) -> Output | None:
@@ -172,6 +175,8 @@ class StepRunner:
                 raise failure.error
             self.progress.retrying += 1
             try:
+                if self.before_retry is not None:
+                    await self.before_retry(key)
                 await self.sleep(decision.delay)
             finally:
                 self.progress.retrying -= 1

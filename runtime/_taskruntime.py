@@ -54,8 +54,8 @@ class WorkerTaskRuntime:
             details, changed = self.details, self._changed
             self._changed = False
         try:
-            self.monitor.beat.remote(self.call_key, self.attempt, details if changed else None,
-                                     time.time())
+            self.monitor.beat.remote(self.context.run_id, self.call_key, self.attempt,
+                                     details if changed else None, time.time())
         except Exception:  # a beat must never fail the task; the monitor notices the silence
             pass
 

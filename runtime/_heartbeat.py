@@ -1,0 +1,176 @@
+"""Liveness: one heartbeat monitor actor per run, and the driver's watch over it.
+
+Workers beat fire-and-forget (`monitor.beat.remote(...)`) from a thread of their own; the
+monitor keeps the last beat and the last heartbeat details of each attempt. The driver asks
+for a snapshot once a second (one actor call, whatever the number of tasks) and:
+
+- fails an attempt whose last beat is older than its `heartbeat_timeout_seconds` (a frozen
+  process, a partitioned or lost node): the attempt is cancelled on Ray and retried;
+- journals heartbeat details that changed, so the next attempt (even after a driver restart)
+  reads them with `get_heartbeat_details`;
+- with `max_no_progress_seconds`, reports attempts whose details stopped changing (shown by
+  `status`), and with `enforce_progress` fails them.
+
+Ages are measured on the monitor's clock, so clock skew between nodes does not matter. An
+attempt is watched from its first beat: a task waiting in Ray's queue is not "silent".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+
+from application_sdk.errors import HeartbeatTimeoutError
+
+from ._executor import RayExecutor
+from ._journal import GroupCommitter, JournalIndex
+
+__all__ = ["HeartbeatMonitor", "HeartbeatWatch", "shared_monitor"]
+
+log = logging.getLogger("connector_runtime")
+
+
+class HeartbeatMonitor:
+    """Ray actor: the last beat of each running attempt, per run. Holds no durable state."""
+
+    def __init__(self) -> None:
+        # run id -> key -> [attempt, last beat, details, details changed at, details version]
+        self.runs: dict[str, dict[str, list[Any]]] = {}
+
+    def beat(self, run_id: str, key: str, attempt: int, details: Any, sent_at: float) -> None:
+        now = time.time()
+        beats = self.runs.setdefault(run_id, {})
+        entry = beats.get(key)
+        if entry is None or entry[0] != attempt:
+            if entry is not None and entry[0] > attempt:
+                return  # a late beat of an older attempt
+            entry = beats[key] = [attempt, now, None, now, 0]
+        entry[1] = now
+        if details is not None and details != entry[2]:
+            entry[2], entry[3], entry[4] = details, now, entry[4] + 1
+
+    def snapshot(self, run_id: str) -> tuple[float, dict[str, list[Any]]]:
+        return time.time(), self.runs.get(run_id, {})
+
+    def details(self, run_id: str, key: str) -> Any:
+        entry = self.runs.get(run_id, {}).get(key)
+        return None if entry is None else entry[2]
+
+    def forget(self, run_id: str, keys: list[str] | None = None) -> None:
+        if keys is None:
+            self.runs.pop(run_id, None)
+            return
+        beats = self.runs.get(run_id, {})
+        for key in keys:
+            beats.pop(key, None)
+
+
+_monitors: dict[str, Any] = {}
+
+
+async def shared_monitor() -> Any:
+    """The driver process's monitor actor, started once and shared by its runs.
+
+    Waiting until it is up matters: beats a worker sends to an actor that is still starting
+    are lost if that worker dies, and with them the heartbeat details a retry needs. Starting
+    an actor costs ~1 s here, so it is paid once per driver process, not once per run.
+    """
+    job = ray.get_runtime_context().get_job_id()
+    monitor = _monitors.get(job)
+    if monitor is None:
+        actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(HeartbeatMonitor)
+        monitor = _monitors[job] = actor.remote()
+    await asyncio.wait_for(asyncio.wrap_future(monitor.__ray_ready__.remote().future()), 60)
+    return monitor
+
+
+class HeartbeatWatch:
+    def __init__(
+        self,
+        monitor: Any,
+        run_id: str,
+        executor: RayExecutor,
+        index: JournalIndex,
+        committer: GroupCommitter,
+        period: float = 1.0,
+    ) -> None:
+        self.monitor = monitor
+        self.run_id = run_id
+        self.executor = executor
+        self.index = index
+        self.committer = committer
+        self.period = period
+        self.stalled: dict[str, float] = {}
+        """Call keys whose heartbeat details have not changed for max_no_progress_seconds."""
+        self._versions: dict[str, int] = {}
+
+    def close(self) -> None:
+        try:
+            self.monitor.forget.remote(self.run_id)
+        except Exception:  # the monitor went with its node
+            pass
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            try:
+                now, beats = await self.monitor.snapshot.remote(self.run_id)
+            except Exception as exc:  # the monitor restarts; attempts keep their timeouts
+                log.warning("heartbeat monitor unavailable: %s", exc)
+                continue
+            self.check(now, beats)
+
+    def check(self, now: float, beats: dict[str, list[Any]]) -> None:
+        running = self.executor.running
+        gone = [key for key in beats if key not in running]
+        for key, (attempt, last, details, changed_at, version) in beats.items():
+            if details is not None and self._versions.get(key) != version:
+                self.record_details(key, details)
+                self._versions[key] = version
+            current = running.get(key)
+            if current is None or current.number != attempt:
+                continue
+            self._judge(key, current, now - last, now - changed_at)
+        if gone:
+            self.monitor.forget.remote(self.run_id, gone)
+            for key in gone:
+                self.stalled.pop(key, None)
+                self._versions.pop(key, None)
+
+    def _judge(self, key: str, attempt: Any, silence: float, no_progress: float) -> None:
+        opts = attempt.options
+        if opts.heartbeat_timeout_seconds and silence > opts.heartbeat_timeout_seconds:
+            self.executor.kill(key, HeartbeatTimeoutError(
+                f"task {attempt.task}: no heartbeat for {silence:.0f}s (heartbeat_timeout_"
+                f"seconds={opts.heartbeat_timeout_seconds}); its process is frozen or its "
+                "node is lost"))
+            return
+        limit = opts.max_no_progress_seconds
+        if limit and no_progress > limit:
+            self.stalled[key] = no_progress
+            if opts.enforce_progress:
+                self.executor.kill(key, HeartbeatTimeoutError(
+                    f"task {attempt.task}: heartbeat details unchanged for {no_progress:.0f}s "
+                    f"(max_no_progress_seconds={limit}, enforced)"))
+        else:
+            self.stalled.pop(key, None)
+
+    def record_details(self, key: str, details: Any) -> None:
+        if self.index.details.get(key) == details:
+            return
+        record = {"y": "h", "k": key, "d": details}
+        self.index.apply(record)
+        self.committer.append(record)
+
+    async def latest_details(self, key: str) -> None:
+        """Fetch the last details of a failed attempt before its retry is dispatched."""
+        try:
+            details = await self.monitor.details.remote(self.run_id, key)
+        except Exception:
+            return
+        if details is not None:
+            self.record_details(key, details)
