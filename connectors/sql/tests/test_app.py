@@ -85,7 +85,7 @@ def test_sqlite_metadata_data_and_incremental(ray_session, demo_db, tmp_path):
     got = {(r["table"], r["column"]): r for r in _metadata_rows(meta)}
     expected = {}
     for table in DEMO_TABLES:
-        for _, name, declared, notnull, _, pk in _query(conn, f"PRAGMA table_info({table})"):
+        for _, name, declared, _notnull, _, pk in _query(conn, f"PRAGMA table_info({table})"):
             expected[(table, name)] = (declared, pk or None)
     assert {k: (r["source_type"], r["primary_key_position"]) for k, r in got.items()} == expected
     assert meta.columns == len(expected)
