@@ -1,0 +1,51 @@
+"""An app whose tasks report the node they ran on; the first to start lingers, to be cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import ray
+
+from application_sdk.app import App, RetryPolicy, task
+from application_sdk.contracts import Input, Output
+
+from .counting import mark
+
+
+class Spread(Input):
+    folder: str
+    n: int = 1
+
+
+class Part(Input):
+    folder: str
+    index: int
+
+
+class PartDone(Output):
+    index: int
+    node: str
+
+
+class SpreadDone(Output):
+    parts: int
+    nodes: int
+
+
+class SpreadApp(App):
+    @task(retry_policy=RetryPolicy(max_attempts=1), heartbeat_timeout_seconds=10)
+    async def part(self, input: Part) -> PartDone:
+        node = ray.get_runtime_context().get_node_id()
+        if input.index == 0 and self.task_info.attempt == 1:
+            mark(os.path.join(input.folder, "started"), f"{node} {os.getpid()}")
+            time.sleep(60)  # the node goes away meanwhile
+        time.sleep(0.3)
+        mark(os.path.join(input.folder, "done"), f"{input.index} {node}")
+        return PartDone(index=input.index, node=node)
+
+    async def run(self, input: Spread) -> SpreadDone:
+        parts = await asyncio.gather(*(self.part(Part(folder=input.folder, index=i))
+                                       for i in range(input.n)))
+        return SpreadDone(parts=len(parts), nodes=len({p.node for p in parts}))

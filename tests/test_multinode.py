@@ -1,0 +1,31 @@
+"""Multi-node runs on `ray.cluster_utils.Cluster` with an S3 store: node loss mid-flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(("nodes", "tasks"), [(2, 1), (3, 6)])
+def test_removing_the_node_of_a_running_task(s3_url, tmp_path, nodes, tasks):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.scenarios.node_loss", s3_url, str(tmp_path),
+         "--nodes", str(nodes), "--tasks", str(tasks)],
+        capture_output=True, text=True, timeout=280,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, proc.stderr[-3000:]
+    report = json.loads(line[len("RESULT "):])
+    assert "error" not in report, report
+    assert report["output"]["parts"] == tasks
+    # the task whose node went away failed as "lost" and was retried elsewhere, although
+    # its retry policy allows a single attempt: node loss does not spend the retry budget
+    assert [f["kind"] for f in report["failures"]] == ["lost"]
+    assert report["removed"] not in report["task_nodes"]
+    if tasks > 1:  # the extraction spread over the nodes that remained
+        assert report["output"]["nodes"] == len(report["task_nodes"]) == nodes - 1
