@@ -7,14 +7,17 @@
 from __future__ import annotations
 
 import array
+import json
 import os
 import random
+import sys
 import time
 
 import pyarrow as pa
 
 from application_sdk.app import App, RetryPolicy, task
 from application_sdk.contracts import FileReference, Input, Output, StorageTier
+from application_sdk.errors import NonRetryableError
 from storage import arrow
 
 from .counting import mark
@@ -52,6 +55,8 @@ class TransformInput(Input):
     count_file: str = ""
     gate: str = ""
     """If set, wait (up to 120 s) until this file exists before reading."""
+    fail_flag: str = ""
+    """If set and the file exists, fail at once (non-retryable)."""
 
 
 class LoadInput(Input):
@@ -70,6 +75,7 @@ class ChainInput(Input):
     rows: int = 10_000
     count_file: str = ""
     gate: str = ""
+    fail_flag: str = ""
     format: str = "parquet"
 
 
@@ -97,6 +103,8 @@ class ChainApp(App):
     @task(timeout_seconds=600, retry_policy=RetryPolicy(max_attempts=2, initial_interval=0.1))
     async def transform(self, input: TransformInput) -> Dataset:
         _mark(input.count_file, "transform")
+        if input.fail_flag and os.path.exists(input.fail_flag):
+            raise NonRetryableError("transform: the fail flag is set")
         deadline = time.monotonic() + 120
         while input.gate and not os.path.exists(input.gate) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -133,7 +141,8 @@ class ChainApp(App):
             batches=input.batches, rows=input.rows, count_file=input.count_file,
             format=input.format))
         transformed = await self.transform(TransformInput(
-            data=extracted.data, count_file=input.count_file, gate=input.gate))
+            data=extracted.data, count_file=input.count_file, gate=input.gate,
+            fail_flag=input.fail_flag))
         loaded = await self.load(LoadInput(data=transformed.data, count_file=input.count_file))
         return ChainOutput(final=loaded.final, archive=loaded.archive, rows=loaded.rows)
 
@@ -211,3 +220,51 @@ class TwoNodeApp(App):
         read = await self.consume(ReadInput(data=made.data, producer=made.node))
         return NodeReport(producer=made.node, consumer=read.node, rows=read.rows,
                           consumer_path=read.local_path)
+
+
+# ---- two-node cluster scenario ----------------------------------------------------------------
+# Usage: python -m tests.apps.files_apps S3_URL SCRATCH_A SCRATCH_B RUN_ID
+# A Cluster cannot share a process with another `ray.init()`, so the test runs this in a
+# subprocess. Each node gets its own scratch root (CONNECTOR_RUNTIME_SCRATCH in the raylet's
+# environment, inherited by its workers), as two machines have separate disks; the S3 settings
+# come from the environment (tests/services.py sets AWS_*). Prints the results as JSON.
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cluster_main() -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    s3_url, scratch_a, scratch_b, run_id = sys.argv[1:5]
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"node_a": 1}, "include_dashboard": False,
+        "env_vars": {"CONNECTOR_RUNTIME_SCRATCH": scratch_a},
+    })
+    cluster.add_node(num_cpus=1, resources={"node_b": 1},
+                     env_vars={"CONNECTOR_RUNTIME_SCRATCH": scratch_b})
+    try:
+        ray.init(address=cluster.address, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": REPO}})
+        cluster.wait_for_nodes()
+        from runtime import run_app
+        from storage import open_store
+
+        out = run_app(TwoNodeApp, NodeInput(rows=50_000), run_id=run_id, store=s3_url)
+        store = open_store(s3_url)
+        result = {
+            **out.model_dump(mode="json"),
+            "nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
+            "store_keys": store.list(""),
+        }
+        print(json.dumps(result), flush=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    # import the module under its real name, so Ray workers find the App classes there
+    from tests.apps import files_apps
+
+    files_apps.cluster_main()
