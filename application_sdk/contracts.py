@@ -10,18 +10,134 @@ from __future__ import annotations
 
 import enum
 import threading
+import types
+import typing
 import warnings
-from typing import Any, ClassVar
+from collections import abc
+from typing import Annotated, Any, ClassVar, TypeVar
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from .errors import ContractError, PayloadSafetyError
+
 __all__ = [
+    "BoundedList",
     "FileReference",
     "HeartbeatDetails",
     "Input",
+    "MaxItems",
     "Output",
     "StorageTier",
+    "assert_backwards_compatible",
 ]
+
+
+def MaxItems(max_items: int) -> annotated_types.MaxLen:
+    """Bound of a list, set or dict field: `Annotated[list[str], MaxItems(100)]`.
+
+    Enforced when the model is validated (it is pydantic's max_length), so an oversized value
+    fails where it is built, not later as a payload-size error.
+    """
+    return annotated_types.MaxLen(max_items)
+
+
+T = TypeVar("T")
+BOUNDED_LIST_ITEMS = 10_000
+BoundedList = Annotated[list[T], MaxItems(BOUNDED_LIST_ITEMS)]
+"""`BoundedList[str]`: a list of at most 10,000 items."""
+
+_COLLECTIONS = {list, set, frozenset, dict, abc.Sequence, abc.MutableSequence, abc.Set,
+                abc.MutableSet, abc.Mapping, abc.MutableMapping, abc.Iterable, abc.Collection}
+
+
+def _is_bound(meta: Any) -> bool:
+    return isinstance(meta, annotated_types.MaxLen)
+
+
+def _unsafe(tp: Any, bounded: bool, seen: set[int]) -> str | None:
+    """Why `tp` could carry an unbounded payload, or None if it cannot."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *meta = typing.get_args(tp)
+        return _unsafe(base, bounded or any(_is_bound(m) for m in meta), seen)
+    if tp is Any:
+        return "is typed Any"
+    if tp in (bytes, bytearray, memoryview):
+        return "is typed bytes"
+    if origin in (typing.Union, types.UnionType):
+        return next((w for a in typing.get_args(tp) if (w := _unsafe(a, bounded, seen))), None)
+    if tp is tuple or origin is tuple:
+        args = typing.get_args(tp)
+        if (not args or args[-1] is Ellipsis) and not bounded:
+            return "is a tuple of any length without a bound"
+        return next((w for a in args if a is not Ellipsis and (w := _unsafe(a, False, seen))),
+                    None)
+    if tp in _COLLECTIONS or origin in _COLLECTIONS:
+        if not bounded:
+            kind = "dict" if (tp in (dict, abc.Mapping) or origin in (dict, abc.Mapping,
+                                                                      abc.MutableMapping)) \
+                else "list"
+            return f"is a {kind} without a bound"
+        return next((w for a in typing.get_args(tp) if (w := _unsafe(a, False, seen))), None)
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and id(tp) not in seen:
+        seen.add(id(tp))
+        for name, field in tp.model_fields.items():
+            why = _unsafe(field.annotation, any(_is_bound(m) for m in field.metadata), seen)
+            if why:
+                return f"holds {tp.__qualname__}.{name}, which {why}"
+    return None
+
+
+def check_payload_safety(cls: type[BaseModel]) -> None:
+    """Refuse fields that could carry unbounded payloads (PayloadSafetyError)."""
+    for name, field in cls.model_fields.items():
+        bounded = any(_is_bound(m) for m in field.metadata)
+        why = _unsafe(field.annotation, bounded, {id(cls)})
+        if why:
+            raise PayloadSafetyError(
+                f"{cls.__qualname__}.{name} {why}, so it could carry an unbounded payload: "
+                f"bound it (Annotated[list[str], MaxItems(1000)] or BoundedList[str]), pass "
+                f"large data as a FileReference, or opt out with "
+                f"`class {cls.__name__}(..., allow_unbounded_fields=True)`"
+            )
+
+
+class _Contract(BaseModel):
+    """Contract base: payload safety is checked when a subclass is defined."""
+
+    def __init_subclass__(cls, allow_unbounded_fields: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, allow_unbounded_fields: bool = False,
+                                   **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if not allow_unbounded_fields:
+            check_payload_safety(cls)
+
+
+def assert_backwards_compatible(old: type[BaseModel], new: type[BaseModel]) -> None:
+    """Raise ContractError if records written with `old` may not validate as `new`.
+
+    Allowed: adding a field with a default. Breaking: adding a required field, removing or
+    renaming a field, changing a field's type (make a V2 model instead).
+    """
+    problems = []
+    for name, field in old.model_fields.items():
+        if name not in new.model_fields:
+            problems.append(f"field {name!r} was removed or renamed")
+        elif new.model_fields[name].annotation != field.annotation:
+            problems.append(f"field {name!r} changed type from {field.annotation!r} to "
+                            f"{new.model_fields[name].annotation!r}")
+    for name, field in new.model_fields.items():
+        if name not in old.model_fields and field.is_required():
+            problems.append(f"field {name!r} was added without a default")
+    if problems:
+        raise ContractError(
+            f"{new.__qualname__} is not backwards compatible with {old.__qualname__}: "
+            + "; ".join(problems) + ". Add fields with defaults only, or make a new (V2) model"
+        )
 
 _warned: set[tuple[type, frozenset[str]]] = set()
 _warned_lock = threading.Lock()
@@ -45,7 +161,7 @@ def _warn_unknown_keys(cls: type[BaseModel], data: Any) -> None:
     )
 
 
-class Input(BaseModel):
+class Input(_Contract):
     """Base class of everything a run or a task takes."""
 
     model_config = ConfigDict(extra="ignore")
@@ -57,13 +173,13 @@ class Input(BaseModel):
         return data
 
 
-class Output(BaseModel):
+class Output(_Contract):
     """Base class of everything a run or a task returns."""
 
     model_config = ConfigDict(extra="forbid")
 
 
-class HeartbeatDetails(BaseModel):
+class HeartbeatDetails(_Contract):
     """Typed progress a task records with `self.heartbeat(details)`; unknown keys are ignored."""
 
     model_config = ConfigDict(extra="ignore")

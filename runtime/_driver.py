@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from application_sdk import _context
 from application_sdk.app import App, EntrypointSpec
 from application_sdk.contracts import Input, Output
-from application_sdk.errors import RunCancelledError, RunFailedError
+from application_sdk.errors import NondeterminismError, RunCancelledError, RunFailedError
 from storage import (
     Lease,
     LeaseLostError,
@@ -32,6 +32,7 @@ from storage import (
     open_store,
 )
 
+from . import _guards as guards
 from ._errors import InputValidationError, RunConflictError
 from ._executor import RayExecutor
 from ._heartbeat import HeartbeatWatch, shared_monitor
@@ -173,6 +174,8 @@ class _Driver:
         self.cancel_reason: str | None = None
         self.lease = Lease(runs, ttl=LEASE_TTL)
         self.heartbeats: HeartbeatWatch | None = None
+        self.journal_version = app_cls.version
+        self.recorded_at_start: dict[str, str] = {}
 
     async def execute(self) -> Output:
         await asyncio.to_thread(self.lease.acquire)
@@ -196,6 +199,8 @@ class _Driver:
                 entrypoint=self.ep.name, input=self.inp.model_dump(mode="json"),
                 input_digest=self.input_digest, app_version=self.app_cls.version,
             )
+        self.journal_version = record.app_version
+        record.app_version = self.app_cls.version
         record.status, record.error, record.finished_at = RunStatus.RUNNING, None, None
         await asyncio.to_thread(runs.clear_cancel)
         await asyncio.to_thread(runs.write_run, record)
@@ -203,6 +208,8 @@ class _Driver:
         for key in load.corrupt:
             log.warning("journal segment %s failed its checksum; its tasks will run again", key)
         index = JournalIndex(load)
+        self.recorded_at_start = {k: r["n"] for k, r in index.tasks.items()
+                                  if not k.startswith("on_complete/")}
         committer = GroupCommitter(runs, self.lease, load.next_seq.get(self.lease.epoch, 0))
         committer.start()
         run_ctx = RunContext(runs.run_id, runs.app, runs.store.url, runs.store.options or None)
@@ -229,6 +236,8 @@ class _Driver:
         app = self.app_cls()
         ctx = contextvars.copy_context()
         ctx.run(_context.orchestrator.set, orch)
+        complete_ctx = ctx.copy()  # on_complete() may do what run() may not: no guards
+        guards.activate(ctx, self.app_cls)
         loop = asyncio.get_running_loop()
         run_task = loop.create_task(getattr(app, self.ep.method)(self.inp), context=ctx)
         watcher = loop.create_task(self._watch(record, run_task))
@@ -236,6 +245,7 @@ class _Driver:
         error: BaseException | None = None
         try:
             output = self._check_output(await run_task)
+            self._check_divergence(record, orch)
             outcome = "completed"
         except asyncio.CancelledError:
             self.cancel_reason = self.cancel_reason or "interrupted"
@@ -245,7 +255,7 @@ class _Driver:
         executor.cancel_all()
         orch.outcome, orch.prefix = outcome, f"on_complete/{record.finish_count}/"
         try:
-            await loop.create_task(app.on_complete(), context=ctx)
+            await loop.create_task(app.on_complete(), context=complete_ctx)
         except Exception as exc:
             log.error("run %s: on_complete() failed: %s: %s", record.run_id,
                       type(exc).__name__, exc)
@@ -254,6 +264,30 @@ class _Driver:
         watcher.cancel()
         await committer.close()
         return await self._finish(record, orch, outcome, output, error)
+
+    def _check_divergence(self, record: RunRecord, orch: Orchestrator) -> None:
+        """A resumed run() that no longer asks for recorded tasks is reported, not ignored."""
+        missing = sorted(f"{name} ({key})" for key, name in self.recorded_at_start.items()
+                         if key not in orch.requested)
+        if not missing:
+            return
+        new = sorted(k for k in orch.requested if k not in self.recorded_at_start)
+        app = self.app_cls.__qualname__
+        if self.app_cls.version > self.journal_version:
+            record.warnings.append(
+                f"run() of {app} version {self.app_cls.version} no longer asks for "
+                f"{len(missing)} call(s) recorded by version {self.journal_version}: "
+                f"{', '.join(missing[:20])}; accepted because App.version was bumped"
+            )
+            log.warning("%s", record.warnings[-1])
+            return
+        raise NondeterminismError(
+            f"run {record.run_id} diverged from its journal: run() did not ask again for "
+            f"recorded call(s) {', '.join(missing[:20])}"
+            + (f"; it asked instead for {', '.join(new[:20])}" if new else "")
+            + f". run() must replay the same way; if {app}.run() was changed on purpose, "
+            f"bump {app}.version (now {self.app_cls.version}) to accept the change"
+        )
 
     def _check_output(self, value: Any) -> Output:
         expected = self.ep.output_type

@@ -11,6 +11,7 @@ from application_sdk.app import App, TaskSpec
 from application_sdk.contracts import Input, Output
 from application_sdk.errors import PayloadTooLargeError
 
+from ._guards import runtime_code
 from ._journal import GroupCommitter, JournalIndex
 from ._keys import CallKeys, canonical_json, digest
 from ._step import StepRunner
@@ -39,6 +40,10 @@ class Orchestrator:
         self.requested: set[str] = set()
 
     async def call_task(self, app: App, spec: TaskSpec, input: Input) -> Output:
+        with runtime_code():
+            return await self._call_task(spec, input)
+
+    async def _call_task(self, spec: TaskSpec, input: Input) -> Output:
         inp = self._coerce(spec, input)
         payload = msgpack.packb(inp.model_dump(mode="json"), use_bin_type=True)
         limit = self.app_cls.payload_limit_bytes
@@ -68,7 +73,8 @@ class Orchestrator:
         key = self.keys.next(self.prefix, "@" + kind, "")
         if key in self.index.values:
             return self.index.values[key]
-        value = produce()
+        with runtime_code():
+            value = produce()
         record = {"y": "v", "k": key, "v": value}
         self.index.apply(record)
         self.committer.append(record, urgent=True)
