@@ -160,8 +160,9 @@ def s3_throughput(size_mb: int, folder: str) -> dict[str, float]:
             "s3_mb": size_mb}
 
 
-def run(size_mb: int = 1024, s3_mb: int | None = None) -> dict[str, Any]:
-    """Figures for passing `size_mb` MiB between two tasks on file:// and on moto S3."""
+def run(size_mb: int = 1024, s3_mb: int | None = None, repeats: int = 2) -> dict[str, Any]:
+    """Figures for passing `size_mb` MiB between two tasks on file:// and on moto S3 (best of
+    `repeats` runs each, interleaved; S3 with min(size_mb, 256) MiB unless `s3_mb`)."""
     import ray
 
     from runtime._ray import ensure_ray
@@ -171,9 +172,14 @@ def run(size_mb: int = 1024, s3_mb: int | None = None) -> dict[str, Any]:
     try:
         store = os.path.join(folder, "store")
         through_tasks(1, store, "warmup")  # worker start-up is not what is measured
-        limit_s, expected = limit(size_mb, folder)
-        ours_s, got = through_tasks(size_mb, store, f"pass-{size_mb}")
-        assert got == expected, "the data read by the consumer task differs"
+        limits, ours = [], []
+        for i in range(repeats):  # alternate, keep the best of each: the disk is shared
+            limit_s, expected = limit(size_mb, folder)
+            ours_s, got = through_tasks(size_mb, store, f"pass-{size_mb}-{i}")
+            assert got == expected, "the data read by the consumer task differs"
+            limits.append(limit_s)
+            ours.append(ours_s)
+        limit_s, ours_s = min(limits), min(ours)
         result: dict[str, Any] = {
             "size_mb": size_mb,
             "limit_s": round(limit_s, 3),

@@ -4,9 +4,8 @@ Both work from shared state, not from the memory of the process that created the
 
 - `cleanup_transient` deletes the run's TRANSIENT prefix in the store
   (`runs/{app}/{run_id}/files/`), where every TRANSIENT object of the run lives whichever node
-  wrote it; the journal's "o" records are cross-checked so a TRANSIENT object recorded
-  elsewhere (an older layout) is not forgotten, but a recorded path outside the run's own
-  TRANSIENT prefix is refused, never deleted.
+  wrote it. The journal's "o" records are cross-checked: a TRANSIENT record whose path lies
+  outside the run's own TRANSIENT prefix is reported (logged), never deleted.
 - `cleanup_scratch` deletes the run's scratch folder (`{scratch_root}/{app}/{run_id}`: attempt
   scratch dirs and the object cache) on every alive Ray node, through a small task pinned to
   each node. Only paths strictly inside the scratch root are deleted.
