@@ -18,6 +18,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic.fields import FieldInfo
 
 from .errors import ContractError, PayloadSafetyError
 
@@ -52,7 +53,9 @@ _COLLECTIONS = {list, set, frozenset, dict, abc.Sequence, abc.MutableSequence, a
 
 
 def _is_bound(meta: Any) -> bool:
-    return isinstance(meta, annotated_types.MaxLen)
+    if isinstance(meta, annotated_types.MaxLen):
+        return True
+    return isinstance(meta, FieldInfo) and any(_is_bound(m) for m in meta.metadata)
 
 
 def _unsafe(tp: Any, bounded: bool, seen: set[int]) -> str | None:

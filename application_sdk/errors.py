@@ -20,6 +20,7 @@ __all__ = [
     "StorageIntegrityError",
     "TaskBudgetExceededError",
     "TaskTimeoutError",
+    "TaskUnschedulableError",
     "WorkerLostError",
 ]
 
@@ -85,3 +86,7 @@ class RunCancelledError(AppError):
 class HeartbeatTimeoutError(AppError):
     """An attempt sent no heartbeat for heartbeat_timeout_seconds (frozen process, lost node),
     or, with `enforce_progress`, reported no new heartbeat details for max_no_progress_seconds."""
+
+
+class TaskUnschedulableError(NonRetryableError):
+    """A task asks for resources (CPUs, memory, custom resources) no node of the cluster has."""

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import ray
 from pydantic import ValidationError
 
 from application_sdk import _context
@@ -33,7 +34,7 @@ from storage import (
 )
 
 from . import _guards as guards
-from ._errors import InputValidationError, RunConflictError
+from ._errors import InputValidationError, RunConflictError, UsageError
 from ._executor import RayExecutor
 from ._heartbeat import HeartbeatWatch, shared_monitor
 from ._journal import GroupCommitter, JournalIndex
@@ -115,8 +116,22 @@ async def run_app_async(
     if existing is not None and existing.status is RunStatus.COMPLETED:
         return ep.output_type.model_validate(existing.output)
     ensure_ray()
+    _refuse_local_store_on_a_cluster(st)
     driver = _Driver(app_cls, ep, inp, input_digest, runs, on_progress)
     return await driver.execute()
+
+
+def _refuse_local_store_on_a_cluster(store: Store) -> None:
+    if store.protocol != "file" or os.environ.get("CONNECTOR_RUNTIME_ALLOW_LOCAL_STORE") == "1":
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1:
+        raise UsageError(
+            f"store {store.url} is a local folder, but the Ray cluster has {len(nodes)} nodes: "
+            "tasks on other nodes could not read or write it. Use shared storage, e.g. "
+            "--store s3://bucket/prefix (or set CONNECTOR_RUNTIME_ALLOW_LOCAL_STORE=1 when "
+            "every node shares this filesystem)"
+        )
 
 
 def run_app(

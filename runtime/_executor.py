@@ -9,6 +9,7 @@ blocked in C code or `time.sleep` cannot ignore it.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import ray
 
 from application_sdk.app import App, TaskSpec
+from application_sdk.errors import TaskUnschedulableError
 
 from ._worker import RunContext, remote_for
 
@@ -43,6 +45,7 @@ class RayExecutor:
         self.running: dict[str, Attempt] = {}
         self._remote = remote_for(app_cls)
         self._by_task: dict[str, Any] = {}
+        self._feasible: set[str] = set()
 
     def _remote_for(self, spec: TaskSpec) -> Any:
         remote = self._by_task.get(spec.name)
@@ -72,6 +75,8 @@ class RayExecutor:
         details: dict[str, Any] | None,
         timeout: float,
     ) -> bytes:
+        if spec.name not in self._feasible:
+            await self._wait_until_feasible(spec)
         loop = asyncio.get_running_loop()
         info = (key, number, details, self.monitor, self._heartbeat_settings(spec))
         ref = self._remote_for(spec).remote(spec.name, payload, self.context, info)
@@ -90,6 +95,28 @@ class RayExecutor:
             if self.running.get(key) is attempt:
                 del self.running[key]
 
+    async def _wait_until_feasible(self, spec: TaskSpec) -> None:
+        """Ray keeps a task no node can ever run pending forever: wait a bounded time for
+        such a node (an autoscaler may add one), then fail with a clear error."""
+        wanted = _requested(spec)
+        deadline = time.monotonic() + float(
+            os.environ.get("CONNECTOR_RUNTIME_UNSCHEDULABLE_WAIT", "120"))
+        while True:
+            nodes = await asyncio.to_thread(ray.nodes)
+            totals = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+            if any(all(t.get(k, 0) >= v for k, v in wanted.items()) for t in totals):
+                self._feasible.add(spec.name)
+                return
+            if time.monotonic() >= deadline:
+                have = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(t.items())
+                                           if not k.startswith("node:")) for t in totals)
+                raise TaskUnschedulableError(
+                    f"task {spec.name} asks for {wanted}, which no node of the cluster has "
+                    f"(nodes: {have or 'none'}); lower @task(num_cpus=, memory=, resources=) "
+                    "or add a node type that has them"
+                )
+            await asyncio.sleep(2.0)
+
     def kill(self, key: str, error: BaseException) -> None:
         """End the attempt running under `key` with `error` and stop it on Ray."""
         attempt = self.running.get(key)
@@ -101,6 +128,15 @@ class RayExecutor:
     def cancel_all(self) -> None:
         for attempt in list(self.running.values()):
             _cancel(attempt.ref)
+
+
+def _requested(spec: TaskSpec) -> dict[str, float]:
+    opts = spec.options
+    wanted: dict[str, float] = {"CPU": 1.0 if opts.num_cpus is None else float(opts.num_cpus)}
+    if opts.memory:
+        wanted["memory"] = float(opts.memory)
+    wanted.update({k: float(v) for k, v in (opts.resources or {}).items()})
+    return {k: v for k, v in wanted.items() if v > 0}
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, result: asyncio.Future[bytes], cf: Any) -> None:

@@ -11,12 +11,13 @@ import os
 import threading
 import time
 import uuid
+from typing import Annotated
 
 import pyarrow as pa
 import pytest
 
 from application_sdk import _context
-from application_sdk.contracts import FileReference, Output, StorageTier
+from application_sdk.contracts import FileReference, MaxItems, Output, StorageTier
 from application_sdk.errors import StorageIntegrityError
 from runtime import _files as rfiles
 from runtime._cli import main as cli_main
@@ -242,8 +243,8 @@ def test_store_deletion_refuses_keys_outside_the_allowed_prefixes(tmp_path):
 
 class Nested(Output):
     one: FileReference
-    many: list[FileReference]
-    named: dict[str, FileReference]
+    many: Annotated[list[FileReference], MaxItems(10)]
+    named: Annotated[dict[str, FileReference], MaxItems(10)]
     plain: int = 0
 
 

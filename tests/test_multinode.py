@@ -23,6 +23,9 @@ def test_removing_the_node_of_a_running_task(s3_url, tmp_path, nodes, tasks):
     report = json.loads(line[len("RESULT "):])
     assert "error" not in report, report
     assert report["output"]["parts"] == tasks
+    assert report["local_store_error"].startswith("UsageError")
+    assert "use shared storage" in report["local_store_error"].lower()
+    assert not os.path.exists(tmp_path / "local-store" / "runs")  # refused before writing
     # the task whose node went away failed as "lost" and was retried elsewhere, although
     # its retry policy allows a single attempt: node loss does not spend the retry budget
     assert [f["kind"] for f in report["failures"]] == ["lost"]

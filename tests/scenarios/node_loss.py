@@ -45,6 +45,13 @@ def main() -> None:
     ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     cluster.wait_for_nodes()
 
+    try:  # a folder store is refused on a multi-node cluster
+        run_app(SpreadApp, {"folder": args.workdir, "n": 1}, run_id="local",
+                store=os.path.join(args.workdir, "local-store"))
+        local_store_error = None
+    except Exception as exc:
+        local_store_error = f"{type(exc).__name__}: {exc}"
+
     marker = os.path.join(args.workdir, "started")
     result: dict = {}
 
@@ -67,6 +74,7 @@ def main() -> None:
     victim = next(w for w in workers if w.node_id == victim_id)
     cluster.remove_node(victim, allow_graceful=False)
     result["removed"] = victim_id
+    result["local_store_error"] = local_store_error
     thread.join(timeout=240)
     records = RunStore(open_store(args.store), "SpreadApp", "spread").load_journal().records
     result["failures"] = [r["e"] for r in records if r["y"] == "f"]
