@@ -9,8 +9,9 @@
 
 References are found anywhere in a contract: as a field, or inside lists, tuples, dicts and
 nested models. Each persisted reference gets a store folder of its own,
-`{tier prefix}/{call key}/a{attempt}/{field path}/{file name}`: the attempt number keeps a
-late-finishing earlier attempt from overwriting the object a later attempt recorded.
+`{tier prefix}/{call key}/a{attempt}-{random}/{field path}/{file name}`: a late-finishing
+earlier attempt - or one a dead driver left running, which may carry the same attempt number
+as the resumed run's - never overwrites the object another attempt recorded.
 
 Allowed roots (upload): a local-only reference must point inside the runtime's scratch root
 (`runtime._worker.scratch_root()`, i.e. $CONNECTOR_RUNTIME_SCRATCH or the temp dir's
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +118,7 @@ def after_task(out: Output, run: RunContext, info: TaskInfo) -> Output:
     store = run.store()
     roots = allowed_roots()
     call = _UNSAFE.sub("_", info.call_key)
+    token = uuid.uuid4().hex[:8]  # an attempt of a dead driver may still run with this number
 
     def upload(ref: FileReference, path: str) -> FileReference:
         if ref.is_durable or not ref.local_path:
@@ -124,7 +127,7 @@ def after_task(out: Output, run: RunContext, info: TaskInfo) -> Output:
         name = _UNSAFE.sub("_", os.path.basename(real.rstrip(os.sep))) or "data"
         field = _UNSAFE.sub("_", path) or "output"
         key = (f"{tier_prefix(ref.tier, run.app_name, run.run_id)}/{call}/"
-               f"a{info.attempt}/{field}/{name}")
+               f"a{info.attempt}-{token}/{field}/{name}")
         stored = persist(store, real, key, known_size=ref.size_bytes,
                          known_sha256=ref.sha256)
         return ref.model_copy(update={

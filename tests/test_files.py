@@ -8,6 +8,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -266,7 +267,8 @@ def test_hooks_persist_nested_references_and_materialize_them(tmp_path, monkeypa
     assert done.plain == 7
     got = [done.one, *done.many, done.named["x"]]
     assert all(r.is_durable and r.sha256 and r.size_bytes == 1000 for r in got)
-    assert got[0].storage_path.startswith("runs/App/r1/files/produce_abc_0/a1/one/")
+    assert re.match(r"runs/App/r1/files/produce_abc_0/a1-[0-9a-f]{8}/one/0\.bin$",
+                    got[0].storage_path), got[0].storage_path
     assert got[1].storage_path.startswith("retained/App/r1/")
     assert got[2].storage_path.startswith("persistent/App/r1/")
     assert "named.x" in got[3].storage_path

@@ -191,6 +191,13 @@ def test_killed_driver_resumes_with_valid_reference_and_no_producer_rerun(
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait(30)
+    # Ray kills the dead driver's workers; wait for it, so the blocked attempt cannot wake up
+    # at the gate and race the resumed run
+    (pid,) = (int(p) for p in lines(str(gate) + ".pid"))
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}"), "the killed driver's attempt still runs"
     assert runs.read_run().status is RunStatus.RUNNING  # died without a word
     store = open_store(file_store)
     produced = [r["p"] for r in runs.load_journal().records if r["y"] == "o"]

@@ -105,6 +105,8 @@ class ChainApp(App):
         _mark(input.count_file, "transform")
         if input.fail_flag and os.path.exists(input.fail_flag):
             raise NonRetryableError("transform: the fail flag is set")
+        if input.gate:
+            _mark(input.gate + ".pid", str(os.getpid()))
         deadline = time.monotonic() + 120
         while input.gate and not os.path.exists(input.gate) and time.monotonic() < deadline:
             time.sleep(0.1)
