@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from application_sdk.app import App
@@ -190,7 +191,7 @@ def _resume_all(args: argparse.Namespace, store: Store) -> int:
         if record.status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
             continue
         lease = Lease(RunStore(store, record.app, record.run_id)).read()
-        if lease is not None and lease.live(__import__("time").time()):
+        if lease is not None and lease.live(time.time()):
             continue
         print(f"resuming {record.run_id} ({record.status.value})", file=sys.stderr)
         code = _execute(load_app(record.app_path), record.input, args, store, record.run_id,

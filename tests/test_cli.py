@@ -116,3 +116,24 @@ def test_sigterm_cancels_the_run_cleanly(ray_session, tmp_path, file_store):
     assert record.status is RunStatus.CANCELLED
     records = RunStore(open_store(file_store), "CountingApp", "term").load_journal().records
     assert any(r.get("n") == "cleanup_storage" for r in records)  # on_complete ran
+
+
+def test_resume_all_resumes_unfinished_runs_whose_driver_is_gone(cli, tmp_path, file_store):
+    flag = tmp_path / "broken"
+    flag.touch()
+    inputs = {}
+    for run_id in ("a", "b"):
+        inputs[run_id] = json.dumps({"count_file": str(tmp_path / f"c-{run_id}"), "n": 3,
+                                     "fail_at": 2, "broken_flag": str(flag)})
+        assert cli("run", APP, "--input", inputs[run_id], "--run-id", run_id,
+                   "--store", file_store).code == 1
+    held = Lease(RunStore(open_store(file_store), "CountingApp", "b"), ttl=120)
+    held.acquire()  # "b" has a live driver: resume --all leaves it alone
+    flag.unlink()
+    res = cli("resume", "--all", "--store", file_store)
+    assert res.code == 0, res.stderr
+    store = open_store(file_store)
+    assert RunStore(store, "CountingApp", "a").read_run().status is RunStatus.COMPLETED
+    assert RunStore(store, "CountingApp", "b").read_run().status is RunStatus.FAILED
+    assert sorted(open(tmp_path / "c-a").read().split("\n")[:-1]) == [
+        "work 0", "work 1", "work 2"]  # completed tasks were not redone
