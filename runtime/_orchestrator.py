@@ -45,7 +45,8 @@ class Orchestrator:
 
     async def _call_task(self, spec: TaskSpec, input: Input) -> Output:
         inp = self._coerce(spec, input)
-        payload = msgpack.packb(inp.model_dump(mode="json"), use_bin_type=True)
+        data = inp.model_dump(mode="json")
+        payload = msgpack.packb(data, use_bin_type=True)
         limit = self.app_cls.payload_limit_bytes
         if len(payload) > limit:
             raise PayloadTooLargeError(
@@ -53,7 +54,7 @@ class Orchestrator:
                 f"{limit / 2**20:.0f} MiB payload limit: write the data to a file and pass a "
                 "FileReference"
             )
-        key = self.keys.next(self.prefix, spec.name, digest(canonical_json(inp)))
+        key = self.keys.next(self.prefix, spec.name, digest(canonical_json(data)))
         self.requested.add(key)
         return await self.steps.invoke(spec, key, inp, payload)
 
