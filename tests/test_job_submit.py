@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import fsspec
+import msgpack
 import pyarrow.parquet as pq
 import pytest
 
@@ -33,8 +34,6 @@ APP_DIR = Path(__file__).resolve().parent / "apps" / "jobapp"
 APP = "my_app:MyApp"
 APP_NAME = "MyApp"
 CLI = str(Path(sys.executable).parent / "connector-runtime")
-
-pytestmark = pytest.mark.timeout(180)
 
 
 def _entrypoint(payload: dict, run_id: str, store: str) -> list[str]:
@@ -67,6 +66,12 @@ def _markers(bucket: str, prefix: str) -> list[dict]:
     fs.invalidate_cache()
     paths = fs.glob(f"{bucket}/{prefix}/markers/*.json")
     return [json.loads(blob) for blob in fs.cat(paths).values()] if paths else []
+
+
+def _marker_count(bucket: str, prefix: str) -> int:
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    return len(fs.glob(f"{bucket}/{prefix}/markers/*.json"))
 
 
 def _runs(store: str, run_id: str) -> RunStore:
@@ -120,10 +125,13 @@ def test_job_stop_cancels_the_run_cleanly(ray_head, s3_bucket, s3_url):
     payload = {"bucket": s3_bucket, "prefix": "data", "n": 100, "sleep_s": 0.3}
     run_id = "nightly-stop"
     sid = _sid("stop")
-    _submit(ray_head, _entrypoint(payload, run_id, s3_url), sid=sid,
-            env_vars={"RAY_JOB_STOP_WAIT_TIME_S": "30"})
+    entrypoint = _entrypoint(payload, run_id, s3_url)
+    # Ray SIGKILLs the driver RAY_JOB_STOP_WAIT_TIME_S (default 3) seconds after SIGTERM; the
+    # cancellation (stop attempts, run on_complete's tasks, write the status) needs more than
+    # that on a busy machine. cluster.yaml sets 60 on the head; here it is set per job.
+    _submit(ray_head, entrypoint, sid=sid, env_vars={"RAY_JOB_STOP_WAIT_TIME_S": "30"})
     deadline = time.monotonic() + 90
-    while len(_markers(s3_bucket, "data")) < 4:
+    while _marker_count(s3_bucket, "data") < 2:  # tasks are running
         info = ray_head.job_info(sid)
         assert info["status"] in ("PENDING", "RUNNING"), (info, ray_head.job_logs(sid))
         assert time.monotonic() < deadline, "no task started within 90 s"
@@ -140,8 +148,23 @@ def test_job_stop_cancels_the_run_cleanly(ray_head, s3_bucket, s3_url):
     assert record is not None and record.status is RunStatus.CANCELLED, (record, logs)
     records = _runs(s3_url, run_id).load_journal().records
     assert any(r.get("n") == "cleanup_storage" for r in records), logs  # on_complete ran
-    assert len(_markers(s3_bucket, "data")) < 100  # it was stopped, not run to the end
+    started = Counter(m["index"] for m in _markers(s3_bucket, "data"))
+    assert sum(started.values()) < 100  # it was stopped, not run to the end
     assert _status(run_id, s3_url)["state"] == "CANCELLED"
+    done = {msgpack.unpackb(r["o"])["index"] for r in records
+            if r.get("y") == "t" and r.get("n") == "work"}
+    assert done <= set(started)
+
+    # Submitting the same command again resumes the cancelled run: the tasks recorded as
+    # done are not run again, every other one runs once more.
+    again = _sid("resume")
+    _submit(ray_head, entrypoint, sid=again)
+    info = ray_head.wait_job(again, timeout=120)
+    assert info["status"] == "SUCCEEDED", (info, ray_head.job_logs(again))
+    final = Counter(m["index"] for m in _markers(s3_bucket, "data"))
+    assert set(final) == set(range(100))
+    assert final == started + Counter(i for i in range(100) if i not in done)
+    assert _status(run_id, s3_url)["state"] == "COMPLETED"
 
 
 def test_failed_job_then_fixed_source_resubmit_resumes(ray_head, s3_bucket, s3_url):
