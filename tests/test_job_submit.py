@@ -25,7 +25,6 @@ from pathlib import Path
 import fsspec
 import msgpack
 import pyarrow.parquet as pq
-import pytest
 
 from storage import RunStatus, RunStore, open_store
 from tests.services import RayHead
