@@ -207,7 +207,8 @@ def test_bad_input_fails_the_job_naming_the_field(ray_head, s3_bucket, s3_url):
     logs = ray_head.job_logs(sid)
     assert info["status"] == "FAILED", (info, logs)
     assert info["driver_exit_code"] == 2, info
-    assert "prefix" in logs and "n" in logs, logs
+    assert "invalid input for JobInput: field 'prefix': Field required" in logs, logs
+    assert "field 'n': Input should be a valid integer" in logs, logs
     fs = fsspec.filesystem("s3")
     fs.invalidate_cache()
     assert not fs.find(s3_url), "bad input must write nothing to the store"
