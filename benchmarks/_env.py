@@ -62,11 +62,12 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def moto_server(endpoint: str | None = None) -> Iterator[str]:
+def moto_server(endpoint: str | None = None, log_path: str | None = None) -> Iterator[str]:
     """An S3 endpoint: `endpoint` if given (already running), else a moto server we start.
 
     The AWS_* variables are set in this process, so a Ray started afterwards hands them to its
     workers, and s3fs/boto3 clients of this process and its children find the endpoint.
+    `log_path`: keep the server's request log there (one line per request).
     """
     for key, value in S3_ENV.items():
         os.environ.setdefault(key, value)
@@ -76,7 +77,8 @@ def moto_server(endpoint: str | None = None) -> Iterator[str]:
         return
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log = tempfile.NamedTemporaryFile(prefix="bench-moto-", suffix=".log", delete=False)
+    log = (open(log_path, "wb") if log_path else
+           tempfile.NamedTemporaryFile(prefix="bench-moto-", suffix=".log", delete=False))
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -97,8 +99,9 @@ def moto_server(endpoint: str | None = None) -> Iterator[str]:
             proc.kill()
             proc.wait(timeout=10)
         log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(log.name)
+        if not log_path:
+            with contextlib.suppress(OSError):
+                os.unlink(log.name)
 
 
 def new_bucket(endpoint: str) -> str:

@@ -1,0 +1,476 @@
+"""Where the runtime's time goes: the measurements behind benchmarks/PROFILE.md.
+
+    python -m benchmarks.profiling spy fanout 1000 file     # py-spy of the driver, one run
+    python -m benchmarks.profiling breakdown                # per-task cost, layer by layer
+    python -m benchmarks.profiling whatif fanout 1000 file  # candidate fixes, monkeypatched
+    python -m benchmarks.profiling requests 1000            # S3 requests per run (moto log)
+
+Needs py-spy for `spy` (`.venv/bin/pip install py-spy`; not a project dependency). Every
+command starts its own local Ray (2 CPUs) and, for S3, its own moto server, like the
+benchmarks do. `whatif` patches the driver process only (never the code on disk): each patch
+stands for a change proposed in PROFILE.md, so the gain is measured before anyone makes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["main"]
+
+IDLE_LEAVES = ("EpollSelector.select", "Condition.wait", "Event.wait", "_worker (concurrent",
+               "Semaphore.acquire", "Thread.join")
+
+
+# -- shared set-up --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stores(kind: str, moto_log: str | None = None) -> Iterator[str]:
+    """A Ray for this process and a store URL of `kind` (file or s3)."""
+    from ._env import moto_server, new_bucket, ray_for_benchmarks
+
+    with contextlib.ExitStack() as stack:
+        endpoint = stack.enter_context(moto_server(log_path=moto_log)) if kind == "s3" else None
+        stack.enter_context(ray_for_benchmarks())
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-profile-"))
+        yield f"s3://{new_bucket(endpoint)}/store" if endpoint else os.path.join(folder, "s")
+
+
+async def _one_run(case: str, n: int, store: str, app: Any = None,
+                   run_id: str | None = None) -> float:
+    from ._cases import raw_run, runtime_run
+    from .apps import BenchApp
+
+    if case.startswith("raw"):
+        return await raw_run(n, case == "raw-fanout")
+    return await runtime_run(app or BenchApp, store, n, case != "sequential", run_id=run_id)
+
+
+# -- spy: py-spy on a driver process during one measured run --------------------------------------
+
+
+def _driver(case: str, n: int, kind: str) -> None:
+    """The profiled process: warm up, say READY, wait for GO on stdin, run once, say DONE."""
+    from ._probe import mark_failed
+
+    with _stores(kind) as store:
+        async def go() -> None:
+            await _one_run("fanout", 20, store)
+            await _one_run("sequential", 20, store)
+            run_id = None
+            if case == "resume":
+                run_id = f"spy-{uuid.uuid4().hex[:8]}"
+                await _one_run("fanout", n, store, run_id=run_id)
+                mark_failed(store, run_id)
+            print(f"READY {os.getpid()}", flush=True)
+            await asyncio.to_thread(sys.stdin.readline)
+            seconds = await _one_run("fanout" if case == "resume" else case, n, store,
+                                     run_id=run_id)
+            print(f"DONE {seconds:.4f}", flush=True)
+
+        asyncio.run(go())
+
+
+def spy(case: str, n: int, kind: str, rate: int, out: str) -> dict[str, Any]:
+    """py-spy (all threads) of the driver during one run; returns the parsed profile."""
+    cmd = [sys.executable, "-m", "benchmarks.profiling", "_driver", case, str(n), kind]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.dirname(
+                                os.path.abspath(__file__))))
+    assert proc.stdout is not None and proc.stdin is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        proc.kill()
+        raise RuntimeError(f"profiled driver did not start: {line!r}")
+    pid = int(line.split()[1])
+    pyspy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    spy_proc = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--threads", "--rate",
+                                 str(rate), "--format", "raw", "--output", out,
+                                 "--nonblocking"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    time.sleep(1.5)  # py-spy attached
+    proc.stdin.write("GO\n")
+    proc.stdin.flush()
+    done = proc.stdout.readline()
+    spy_proc.send_signal(signal.SIGINT)
+    spy_proc.wait(timeout=60)
+    proc.wait(timeout=120)
+    seconds = float(done.split()[1]) if done.startswith("DONE") else float("nan")
+    return {"seconds": seconds, **parse_raw(out)}
+
+
+def _frame(name: str) -> str:
+    return re.sub(r" \(([^)]*?):\d+\)$", r" (\1)", name)
+
+
+def parse_raw(path: str) -> dict[str, Any]:
+    """Busy samples per thread; inclusive and self counts of the main thread and of all."""
+    threads: collections.Counter[str] = collections.Counter()
+    incl: dict[str, collections.Counter[str]] = {"main": collections.Counter(),
+                                                 "all": collections.Counter()}
+    self_: dict[str, collections.Counter[str]] = {"main": collections.Counter(),
+                                                  "all": collections.Counter()}
+    busy = {"main": 0, "all": 0}
+    with open(path) as fh:
+        for line in fh:
+            stack, _, count = line.rstrip().rpartition(" ")
+            if not stack:
+                continue
+            frames = stack.split(";")
+            if frames[-1].startswith(IDLE_LEAVES):
+                continue
+            weight = int(count)
+            thread = re.sub(r"thread \(\d+\):? ?", "", frames[0]) or "(unnamed)"
+            thread = re.sub(r"_\d+$", "_N", thread)  # asyncio_0..5 are one pool
+            threads[thread] += weight
+            scopes = ("all", "main") if thread == "MainThread" else ("all",)
+            names = [_frame(f) for f in frames[1:]]
+            for scope in scopes:
+                busy[scope] += weight
+                for name in set(names):
+                    incl[scope][name] += weight
+                if names:
+                    self_[scope][names[-1]] += weight
+    return {"threads": threads, "incl": incl, "self": self_, "busy": busy}
+
+
+def report_spy(p: dict[str, Any], rate: int, top: int = 25) -> str:
+    lines = [f"run: {p['seconds']:.3f} s; busy samples at {rate} Hz: "
+             f"{p['busy']['all']} all threads ({p['busy']['all'] / rate:.2f} s), "
+             f"{p['busy']['main']} main thread ({p['busy']['main'] / rate:.2f} s)",
+             "busy by thread: " + ", ".join(
+                 f"{t} {100 * c / max(1, p['busy']['all']):.0f}%"
+                 for t, c in p["threads"].most_common(6))]
+    for scope, label in (("main", "main thread"), ("all", "all threads")):
+        total = max(1, p["busy"][scope])
+        lines.append(f"-- {label}: inclusive % of busy samples")
+        lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in p["incl"][scope].most_common(top)
+                  if _interesting(f)]
+        lines.append(f"-- {label}: self %")
+        lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in p["self"][scope].most_common(12)]
+    return "\n".join(lines)
+
+
+def _interesting(frame: str) -> bool:
+    boring = ("<module>", "run (asyncio/runners.py)", "Runner.run", "run_until_complete",
+              "run_forever", "_run_once", "Handle._run", "Thread._bootstrap", "Thread.run",
+              "go (benchmarks/profiling.py)", "_one_run", "_driver (", "main (benchmarks",
+              "<lambda>", "_WorkItem.run", "_run_module", "_run_code", "_stores")
+    return not any(b in frame for b in boring)
+
+
+# -- breakdown: per-task cost, layer by layer ----------------------------------------------------
+
+
+async def _breakdown(n: int, repeat: int) -> dict[str, dict[str, float]]:
+    import msgpack
+    import ray
+
+    from runtime._heartbeat import shared_monitor
+    from runtime._worker import RunContext, remote_for
+
+    from .apps import BenchApp, Item, raw_noop
+
+    @ray.remote(max_retries=0, retry_exceptions=False)
+    def same_args(task_name: str, payload: bytes, run: Any, info: Any) -> bytes:
+        return payload
+
+    monitor = await shared_monitor()
+    ctx = RunContext("run-x", "BenchApp", "file:///tmp/unused", None)
+    attempt = remote_for(BenchApp)
+    payloads = [msgpack.packb(Item(index=i).model_dump(mode="json")) for i in range(n)]
+
+    def info(i: int, mon: Any, hb: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (f"work:0123456789abcdef0123:{i}", 1, None, mon, hb)
+
+    layers: dict[str, Callable[[int], Any]] = {
+        "raw Ray noop(i)": lambda i: raw_noop.remote(i),
+        "+ the runtime's arguments (RunContext, info tuple)":
+            lambda i: same_args.remote("work", payloads[i], ctx, info(i, None, ())),
+        "+ monitor ActorHandle in the info tuple":
+            lambda i: same_args.remote("work", payloads[i], ctx, info(i, monitor, (10,))),
+        "+ worker side: the runtime's task wrapper, heartbeats off":
+            lambda i: attempt.remote("work", payloads[i], ctx, info(i, None, ())),
+        "+ worker side with the default auto_heartbeat (thread per attempt)":
+            lambda i: attempt.remote("work", payloads[i], ctx, info(i, monitor, (10,))),
+    }
+    for call in layers.values():  # warm-up
+        await asyncio.gather(*(call(i) for i in range(min(n, 20))))
+    out: dict[str, dict[str, list[float]]] = {k: {"seq": [], "fan": []} for k in layers}
+    for rep in range(repeat):
+        names = list(layers)
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            call = layers[name]
+            started = time.perf_counter()
+            for i in range(n):
+                await call(i)
+            out[name]["seq"].append((time.perf_counter() - started) / n * 1000)
+            started = time.perf_counter()
+            await asyncio.gather(*(call(i) for i in range(n)))
+            out[name]["fan"].append((time.perf_counter() - started) / n * 1000)
+    return {k: {m: statistics.median(v) for m, v in d.items()} for k, d in out.items()}
+
+
+def breakdown(n: int, repeat: int) -> str:
+    with _stores("file"):
+        res = asyncio.run(_breakdown(n, repeat))
+    lines = [f"| layer (N={n}, median of {repeat}) | sequential ms/task | fan-out ms/task |",
+             "|---|---|---|"]
+    lines += [f"| {k} | {v['seq']:.3f} | {v['fan']:.3f} |" for k, v in res.items()]
+    return "\n".join(lines)
+
+
+# -- whatif: candidate fixes, simulated by patching the driver ------------------------------------
+
+
+def _patches() -> dict[str, Callable[[], Callable[[], None]]]:
+    """name -> install(); install returns undo(). Each stands for a proposed change."""
+    import runtime._executor as ex
+    import runtime._journal as jr
+    from storage import _store
+
+    def single_flight() -> Callable[[], None]:
+        original = ex.RayExecutor._wait_until_feasible
+
+        async def once(self: Any, spec: Any) -> None:
+            flights = self.__dict__.setdefault("_flights", {})
+            if spec.name not in flights:
+                flights[spec.name] = asyncio.ensure_future(original(self, spec))
+            await asyncio.shield(flights[spec.name])
+
+        ex.RayExecutor._wait_until_feasible = once  # type: ignore[method-assign]
+        return lambda: setattr(ex.RayExecutor, "_wait_until_feasible", original)
+
+    def no_journal_io() -> Callable[[], None]:
+        original = jr.GroupCommitter._write
+        jr.GroupCommitter._write = lambda self, batch: None  # type: ignore[method-assign]
+        return lambda: setattr(jr.GroupCommitter, "_write", original)
+
+    def s3_get_only() -> Callable[[], None]:
+        original = _store.Store.read_many
+
+        def read_many(self: Any, keys: list[str]) -> dict[str, bytes]:
+            if self.protocol != "s3" or not keys:
+                return original(self, keys)
+            got = self.fs.cat([self.path(k) for k in keys], on_error="omit", max_concurrency=1)
+            found = {self._key(p): d for p, d in got.items() if isinstance(d, bytes)}
+            return {k: v for k, v in found.items() if k in set(keys)}
+
+        _store.Store.read_many = read_many  # type: ignore[method-assign]
+        return lambda: setattr(_store.Store, "read_many", original)
+
+    def batch_50ms() -> Callable[[], None]:
+        original = jr.GroupCommitter.__init__
+
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            self.interval = 0.05
+
+        jr.GroupCommitter.__init__ = init  # type: ignore[method-assign]
+        return lambda: setattr(jr.GroupCommitter, "__init__", original)
+
+    return {"single-flight feasibility check": single_flight,
+            "no journal writes (upper bound)": no_journal_io,
+            "S3 reads without HEAD": s3_get_only,
+            "group commit waits 50 ms": batch_50ms}
+
+
+WHATIF: dict[str, tuple[str, tuple[str, ...]]] = {
+    # variant: (app, patches)
+    "raw Ray": ("raw", ()),
+    "as is": ("BenchApp", ()),
+    "heartbeat thread off (NoHeartbeatApp)": ("NoHeartbeatApp", ()),
+    "+ single-flight feasibility check": ("NoHeartbeatApp", ("single-flight feasibility check",)),
+    "+ no journal writes (upper bound)": ("NoHeartbeatApp", ("single-flight feasibility check",
+                                                            "no journal writes (upper bound)")),
+}
+WHATIF_S3: dict[str, tuple[str, tuple[str, ...]]] = {
+    "raw Ray": ("raw", ()),
+    "as is": ("BenchApp", ()),
+    "S3 reads without HEAD": ("BenchApp", ("S3 reads without HEAD",)),
+    "+ no cleanup_storage journal read": ("NoCleanupApp", ("S3 reads without HEAD",)),
+    "+ group commit waits 50 ms": ("NoCleanupApp", ("S3 reads without HEAD",
+                                                    "group commit waits 50 ms")),
+}
+
+
+async def _whatif(case: str, n: int, store: str, repeat: int,
+                  variants: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, float]:
+    from . import apps
+
+    patches = _patches()
+
+    async def one(name: str, size: int) -> float:
+        app_name, names = variants[name]
+        undo = [patches[p]() for p in names]
+        try:
+            raw = "raw-fanout" if case != "sequential" else "raw-seq"
+            if app_name == "raw":
+                return await _one_run(raw, size, store)
+            app = getattr(apps, app_name)
+            if case == "resume":
+                run_id = f"w-{uuid.uuid4().hex[:8]}"
+                await _one_run("fanout", size, store, app=app, run_id=run_id)
+                _mark_failed_app(store, app, run_id)
+                started = time.perf_counter()
+                await _one_run("fanout", size, store, app=app, run_id=run_id)
+                return time.perf_counter() - started
+            return await _one_run(case, size, store, app=app)
+        finally:
+            for u in reversed(undo):
+                u()
+
+    names = [v for v in variants if not (case == "resume" and variants[v][0] == "raw")]
+    for name in names:
+        await one(name, 20)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(repeat):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            samples[name].append(await one(name, n))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def _mark_failed_app(store: str, app: Any, run_id: str) -> None:
+    from storage import RunStatus, RunStore, open_store
+
+    runs = RunStore(open_store(store), app.name, run_id)
+    record = runs.read_run()
+    assert record is not None
+    record.status = RunStatus.FAILED
+    runs.write_run(record)
+
+
+def whatif(case: str, n: int, kind: str, repeat: int) -> str:
+    variants = WHATIF_S3 if kind == "s3" else WHATIF
+    with _stores(kind) as store:
+        res = asyncio.run(_whatif(case, n, store, repeat, variants))
+    raw = res.get("raw Ray")
+    lines = [f"| {case} N={n} on {kind} (median of {repeat}) | seconds | ÷ raw Ray | "
+             "ms/task over raw |", "|---|---|---|---|"]
+    for name, sec in res.items():
+        ratio = f"{sec / raw:.2f}x" if raw else "-"
+        over = f"{(sec - raw) / n * 1000:+.3f}" if raw else "-"
+        lines.append(f"| {name} | {sec:.3f} | {ratio} | {over} |")
+    return "\n".join(lines)
+
+
+# -- requests: S3 requests per run ----------------------------------------------------------------
+
+
+def _classify(line: str) -> str | None:
+    match = re.search(r'"(GET|PUT|POST|DELETE|HEAD) (\S+)', line)
+    if not match:
+        return None
+    method, path = match.groups()
+    if "?" in path and "list-type" in path:
+        return f"{method} list"
+    name = path.split("?")[0].rsplit("/", 1)[-1]
+    name = re.sub(r"^\d+-\d+\.msgpack$", "journal segment", name)
+    return f"{method} {name}"
+
+
+def requests(n: int) -> str:
+    from ._probe import mark_failed
+
+    log_path = tempfile.mktemp(prefix="bench-moto-", suffix=".log")
+
+    def count(since: int) -> tuple[int, collections.Counter[str]]:
+        time.sleep(0.5)  # the server logs a request after answering it
+        with open(log_path, errors="replace") as fh:
+            lines = fh.read().splitlines()
+        kinds = collections.Counter(k for k in map(_classify, lines[since:]) if k)
+        return len(lines), kinds
+
+    rows = []
+    try:
+        with _stores("s3", moto_log=log_path) as store:
+            async def go() -> None:
+                await _one_run("fanout", 20, store)
+                for label, case, size in (("empty run (N=0)", "fanout", 0),
+                                          (f"fan-out N={n}", "fanout", n),
+                                          ("sequential N=100", "sequential", 100)):
+                    before, _ = count(0)
+                    run_id = f"r-{uuid.uuid4().hex[:8]}"
+                    started = time.perf_counter()
+                    await _one_run(case, size, store, run_id=run_id)
+                    seconds = time.perf_counter() - started
+                    _, kinds = count(before)
+                    rows.append((label, seconds, kinds))
+                    if case == "fanout" and size:
+                        mark_failed(store, run_id)
+                        before, _ = count(0)
+                        started = time.perf_counter()
+                        await _one_run("fanout", size, store, run_id=run_id)
+                        seconds = time.perf_counter() - started
+                        _, kinds = count(before)
+                        rows.append((f"resume of that run (N={n} recorded)", seconds, kinds))
+
+            asyncio.run(go())
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(log_path)
+    lines = ["| run on moto S3 | seconds | requests | by kind |", "|---|---|---|---|"]
+    for label, seconds, kinds in rows:
+        by = ", ".join(f"{v} {k}" for k, v in kinds.most_common(8))
+        lines.append(f"| {label} | {seconds:.2f} | {sum(kinds.values())} | {by} |")
+    return "\n".join(lines)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profiling", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("spy", help="py-spy of the driver during one run")
+    s.add_argument("case", choices=("fanout", "sequential", "resume", "raw-fanout", "raw-seq"))
+    s.add_argument("n", type=int)
+    s.add_argument("store", choices=("file", "s3"))
+    s.add_argument("--rate", type=int, default=250)
+    s.add_argument("--out", default=None, help="keep the raw py-spy samples here")
+    b = sub.add_parser("breakdown", help="per-task cost, layer by layer (raw Ray to runtime)")
+    b.add_argument("--n", type=int, default=300)
+    b.add_argument("--repeat", type=int, default=5)
+    w = sub.add_parser("whatif", help="candidate fixes, simulated by patching the driver")
+    w.add_argument("case", choices=("fanout", "sequential", "resume"))
+    w.add_argument("n", type=int)
+    w.add_argument("store", choices=("file", "s3"))
+    w.add_argument("--repeat", type=int, default=5)
+    r = sub.add_parser("requests", help="S3 requests of one run, by kind (moto's log)")
+    r.add_argument("n", type=int, nargs="?", default=1000)
+    d = sub.add_parser("_driver")  # internal: the process `spy` profiles
+    d.add_argument("case")
+    d.add_argument("n", type=int)
+    d.add_argument("store")
+    args = p.parse_args(argv)
+    if args.cmd == "_driver":
+        _driver(args.case, args.n, args.store)
+    elif args.cmd == "spy":
+        out = args.out or tempfile.mktemp(prefix="bench-spy-", suffix=".raw")
+        print(f"$ python -m benchmarks.profiling spy {args.case} {args.n} {args.store}")
+        print(report_spy(spy(args.case, args.n, args.store, args.rate, out), args.rate))
+    elif args.cmd == "breakdown":
+        print(breakdown(args.n, args.repeat))
+    elif args.cmd == "whatif":
+        print(whatif(args.case, args.n, args.store, args.repeat))
+    elif args.cmd == "requests":
+        print(requests(args.n))
+
+
+if __name__ == "__main__":
+    main()
