@@ -25,7 +25,6 @@ __all__ = [
     "HeartbeatApp",
     "Item",
     "ItemOut",
-    "NoCleanupApp",
     "NoHeartbeatApp",
     "raw_noop",
     "raw_sleep",
@@ -109,23 +108,6 @@ class NoHeartbeatApp(App):
 
     async def run(self, input: Batch) -> BatchOut:
         return await _orchestrate(self.work, input)
-
-
-class NoCleanupApp(App):
-    """BenchApp whose on_complete() skips cleanup_storage: stands for a driver that does not
-    dispatch it when the journal records no stored object (benchmarks.profiling whatif)."""
-
-    max_task_executions = BUDGET
-
-    @task
-    async def work(self, input: Item) -> ItemOut:
-        return _work(input)
-
-    async def run(self, input: Batch) -> BatchOut:
-        return await _orchestrate(self.work, input)
-
-    async def on_complete(self) -> None:
-        await self.cleanup_files()
 
 
 # -- the limit: plain Ray remote functions, same retry options as the runtime's --------------

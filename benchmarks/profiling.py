@@ -63,31 +63,37 @@ async def _one_run(case: str, n: int, store: str, app: Any = None,
 # -- spy: py-spy on a driver process during one measured run --------------------------------------
 
 
-def _driver(case: str, n: int, kind: str) -> None:
+def _driver(case: str, n: int, kind: str, app_name: str, patch_names: list[str]) -> None:
     """The profiled process: warm up, say READY, wait for GO on stdin, run once, say DONE."""
-    from ._probe import mark_failed
+    from . import apps
 
+    app = getattr(apps, app_name)
+    patches = _patches()
+    for name in patch_names:
+        patches[name]()
     with _stores(kind) as store:
         async def go() -> None:
-            await _one_run("fanout", 20, store)
-            await _one_run("sequential", 20, store)
+            await _one_run("fanout", 20, store, app=app)
+            await _one_run("sequential", 20, store, app=app)
             run_id = None
             if case == "resume":
                 run_id = f"spy-{uuid.uuid4().hex[:8]}"
-                await _one_run("fanout", n, store, run_id=run_id)
-                mark_failed(store, run_id)
+                await _one_run("fanout", n, store, app=app, run_id=run_id)
+                _mark_failed_app(store, app, run_id)
             print(f"READY {os.getpid()}", flush=True)
             await asyncio.to_thread(sys.stdin.readline)
             seconds = await _one_run("fanout" if case == "resume" else case, n, store,
-                                     run_id=run_id)
+                                     app=app, run_id=run_id)
             print(f"DONE {seconds:.4f}", flush=True)
 
         asyncio.run(go())
 
 
-def spy(case: str, n: int, kind: str, rate: int, out: str) -> dict[str, Any]:
+def spy(case: str, n: int, kind: str, rate: int, out: str, app: str = "BenchApp",
+        patches: list[str] | None = None) -> dict[str, Any]:
     """py-spy (all threads) of the driver during one run; returns the parsed profile."""
-    cmd = [sys.executable, "-m", "benchmarks.profiling", "_driver", case, str(n), kind]
+    cmd = [sys.executable, "-m", "benchmarks.profiling", "_driver", case, str(n), kind,
+           "--app", app, *[f"--patch={p}" for p in patches or ()]]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             stderr=subprocess.DEVNULL, cwd=os.path.dirname(os.path.dirname(
                                 os.path.abspath(__file__))))
@@ -198,14 +204,14 @@ async def _breakdown(n: int, repeat: int) -> dict[str, dict[str, float]]:
         return (f"work:0123456789abcdef0123:{i}", 1, None, mon, hb)
 
     layers: dict[str, Callable[[int], Any]] = {
-        "raw Ray noop(i)": lambda i: raw_noop.remote(i),
-        "+ the runtime's arguments (RunContext, info tuple)":
+        "A. raw Ray: noop(i)": lambda i: raw_noop.remote(i),
+        "B. no-op taking the runtime's arguments (name, payload, RunContext, info tuple)":
             lambda i: same_args.remote("work", payloads[i], ctx, info(i, None, ())),
-        "+ monitor ActorHandle in the info tuple":
+        "C. = B + the monitor's ActorHandle in the info tuple":
             lambda i: same_args.remote("work", payloads[i], ctx, info(i, monitor, (10,))),
-        "+ worker side: the runtime's task wrapper, heartbeats off":
+        "D. the runtime's task wrapper (`_worker.execute`), no monitor":
             lambda i: attempt.remote("work", payloads[i], ctx, info(i, None, ())),
-        "+ worker side with the default auto_heartbeat (thread per attempt)":
+        "E. = D + monitor handle + default auto_heartbeat (a thread per attempt), as today":
             lambda i: attempt.remote("work", payloads[i], ctx, info(i, monitor, (10,))),
     }
     for call in layers.values():  # warm-up
@@ -228,7 +234,7 @@ async def _breakdown(n: int, repeat: int) -> dict[str, dict[str, float]]:
 def breakdown(n: int, repeat: int) -> str:
     with _stores("file"):
         res = asyncio.run(_breakdown(n, repeat))
-    lines = [f"| layer (N={n}, median of {repeat}) | sequential ms/task | fan-out ms/task |",
+    lines = [f"| remote call (N={n}, median of {repeat}) | sequential ms/task | fan-out ms/task |",
              "|---|---|---|"]
     lines += [f"| {k} | {v['seq']:.3f} | {v['fan']:.3f} |" for k, v in res.items()]
     return "\n".join(lines)
@@ -255,6 +261,16 @@ def _patches() -> dict[str, Callable[[], Callable[[], None]]]:
         ex.RayExecutor._wait_until_feasible = once  # type: ignore[method-assign]
         return lambda: setattr(ex.RayExecutor, "_wait_until_feasible", original)
 
+    def no_handle() -> Callable[[], None]:
+        original = ex.RayExecutor.__init__
+
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            self.monitor = None  # attempts get no ActorHandle (and so never beat)
+
+        ex.RayExecutor.__init__ = init  # type: ignore[method-assign]
+        return lambda: setattr(ex.RayExecutor, "__init__", original)
+
     def no_journal_io() -> Callable[[], None]:
         original = jr.GroupCommitter._write
         jr.GroupCommitter._write = lambda self, batch: None  # type: ignore[method-assign]
@@ -273,6 +289,17 @@ def _patches() -> dict[str, Callable[[], Callable[[], None]]]:
         _store.Store.read_many = read_many  # type: ignore[method-assign]
         return lambda: setattr(_store.Store, "read_many", original)
 
+    def no_cleanup_storage() -> Callable[[], None]:
+        from application_sdk.app import App
+
+        original = App.on_complete
+
+        async def on_complete(self: Any) -> None:  # cleanup_files only
+            await self.cleanup_files()
+
+        App.on_complete = on_complete  # type: ignore[method-assign]
+        return lambda: setattr(App, "on_complete", original)
+
     def batch_50ms() -> Callable[[], None]:
         original = jr.GroupCommitter.__init__
 
@@ -284,27 +311,35 @@ def _patches() -> dict[str, Callable[[], Callable[[], None]]]:
         return lambda: setattr(jr.GroupCommitter, "__init__", original)
 
     return {"single-flight feasibility check": single_flight,
+            "no monitor handle in task arguments": no_handle,
             "no journal writes (upper bound)": no_journal_io,
             "S3 reads without HEAD": s3_get_only,
+            "no cleanup_storage task": no_cleanup_storage,
             "group commit waits 50 ms": batch_50ms}
 
 
+_S3_FIXES = ("S3 reads without HEAD", "no cleanup_storage task", "group commit waits 50 ms")
+_DISPATCH_FIXES = ("single-flight feasibility check", "no monitor handle in task arguments")
 WHATIF: dict[str, tuple[str, tuple[str, ...]]] = {
     # variant: (app, patches)
     "raw Ray": ("raw", ()),
     "as is": ("BenchApp", ()),
     "heartbeat thread off (NoHeartbeatApp)": ("NoHeartbeatApp", ()),
     "+ single-flight feasibility check": ("NoHeartbeatApp", ("single-flight feasibility check",)),
-    "+ no journal writes (upper bound)": ("NoHeartbeatApp", ("single-flight feasibility check",
-                                                            "no journal writes (upper bound)")),
+    "+ no monitor handle in task arguments": ("NoHeartbeatApp", _DISPATCH_FIXES),
+    "+ no cleanup_storage task": ("NoHeartbeatApp", (*_DISPATCH_FIXES,
+                                                     "no cleanup_storage task")),
+    "+ no journal writes (upper bound)": ("NoHeartbeatApp", (
+        *_DISPATCH_FIXES, "no cleanup_storage task", "no journal writes (upper bound)")),
 }
 WHATIF_S3: dict[str, tuple[str, tuple[str, ...]]] = {
     "raw Ray": ("raw", ()),
     "as is": ("BenchApp", ()),
-    "S3 reads without HEAD": ("BenchApp", ("S3 reads without HEAD",)),
-    "+ no cleanup_storage journal read": ("NoCleanupApp", ("S3 reads without HEAD",)),
-    "+ group commit waits 50 ms": ("NoCleanupApp", ("S3 reads without HEAD",
-                                                    "group commit waits 50 ms")),
+    "S3 reads without HEAD": ("BenchApp", _S3_FIXES[:1]),
+    "+ no cleanup_storage journal read": ("BenchApp", _S3_FIXES[:2]),
+    "+ group commit waits 50 ms": ("BenchApp", _S3_FIXES),
+    "+ the dispatch fixes (heartbeat thread off, single-flight, no handle)": (
+        "NoHeartbeatApp", _S3_FIXES + _DISPATCH_FIXES),
 }
 
 
@@ -443,6 +478,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("store", choices=("file", "s3"))
     s.add_argument("--rate", type=int, default=250)
     s.add_argument("--out", default=None, help="keep the raw py-spy samples here")
+    s.add_argument("--app", default="BenchApp", help="an app of benchmarks/apps.py")
+    s.add_argument("--patch", action="append", default=[],
+                   help="apply a whatif patch in the profiled driver (repeatable)")
     b = sub.add_parser("breakdown", help="per-task cost, layer by layer (raw Ray to runtime)")
     b.add_argument("--n", type=int, default=300)
     b.add_argument("--repeat", type=int, default=5)
@@ -457,13 +495,17 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("case")
     d.add_argument("n", type=int)
     d.add_argument("store")
+    d.add_argument("--app", default="BenchApp")
+    d.add_argument("--patch", action="append", default=[])
     args = p.parse_args(argv)
     if args.cmd == "_driver":
-        _driver(args.case, args.n, args.store)
+        _driver(args.case, args.n, args.store, args.app, args.patch)
     elif args.cmd == "spy":
         out = args.out or tempfile.mktemp(prefix="bench-spy-", suffix=".raw")
-        print(f"$ python -m benchmarks.profiling spy {args.case} {args.n} {args.store}")
-        print(report_spy(spy(args.case, args.n, args.store, args.rate, out), args.rate))
+        print("$ python -m benchmarks.profiling " + " ".join(sys.argv[1:] if argv is None
+                                                              else argv))
+        print(report_spy(spy(args.case, args.n, args.store, args.rate, out, args.app,
+                             args.patch), args.rate))
     elif args.cmd == "breakdown":
         print(breakdown(args.n, args.repeat))
     elif args.cmd == "whatif":
