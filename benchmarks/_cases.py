@@ -21,6 +21,7 @@ from typing import Any
 from . import _dbos
 from ._env import REPO, Environment
 from ._measure import Measured, Table, Variant, fmt_ratio, fmt_s, interleave
+from ._probe import WARMUP_TASKS
 from .apps import Batch, BenchApp, HeartbeatApp, NoHeartbeatApp, raw_noop, raw_sleep
 
 __all__ = ["CASES", "SIZES", "Context"]
@@ -361,7 +362,7 @@ async def case_memory(ctx: Context) -> Table:
     _errors_as_notes(m, t)
     t.notes += [
         "Each figure is its own driver process (`python -m benchmarks._probe`) attached to this "
-        f"run's Ray: a {20}-task warm-up run, then baseline RSS, then the peak RSS "
+        f"run's Ray: a {WARMUP_TASKS}-task warm-up run, then baseline RSS, then the peak RSS "
         "(kernel VmHWM reset before the run) during one run of N tasks. peak growth/task = "
         "(peak - baseline) / N; retained/task = (RSS after the run and gc - baseline) / N.",
         "The runtime's 'per recorded task' figure is the resume row: the journal index of N "

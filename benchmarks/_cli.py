@@ -16,7 +16,7 @@ from ._cases import CASES, SIZES, Context
 from ._env import REPO, Environment, machine_info, moto_server, new_bucket, ray_for_benchmarks
 from ._env import work_dir as make_work_dir
 from ._measure import Table, log
-from ._report import render_markdown, render_text, targets, write_json
+from ._report import render_markdown, render_text, summarize, targets, write_json
 
 __all__ = ["main"]
 
@@ -110,7 +110,7 @@ def _commands(argv: list[str] | None) -> list[str]:
     given = sys.argv[1:] if argv is None else argv
     return [
         "scripts/setup            # .venv with the test extra (includes dbos)",
-        "RAY_ADDRESS= .venv/bin/python -m benchmarks " + shlex.join(given),
+        "env -u RAY_ADDRESS .venv/bin/python -m benchmarks " + shlex.join(given),
         "# options: --quick, --cases fanout,resume, --sizes fanout=100,1000, --repeat N, "
         "--output PATH, --s3-endpoint URL, --no-s3, --no-dbos",
     ]
@@ -136,11 +136,15 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> list[Table]:
                       dbos=dbos)
         tables = asyncio.run(_run_cases(ctx, args.case_list))
     goals = targets({t.key: t for t in tables})
-    print(render_text(tables, goals))
+    summary = summarize({t.key: t for t in tables})
+    print(render_text(tables, goals, summary))
     machine["ray cluster"] = "this run's local Ray, num_cpus=2" if not os.environ.get(
         "RAY_ADDRESS") else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
+    machine["load average at end"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    machine["benchmark wall time"] = f"{sum(t.seconds for t in tables) / 60:.1f} min"
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render_markdown(tables, goals, machine, _commands(argv), METHOD))
+    args.output.write_text(render_markdown(tables, goals, machine, _commands(argv), METHOD,
+                                           summary))
     write_json(args.output.with_suffix(".json"), tables, goals, machine)
     shown = args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output
     log(f"wrote {shown}")

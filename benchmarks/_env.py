@@ -181,6 +181,17 @@ def _git_commit() -> str:
     return "unknown"
 
 
+def _dirty() -> str:
+    """Uncommitted changes in the code being measured (others may be mid-change)."""
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "runtime", "storage", "application_sdk"],
+            cwd=REPO, text=True, capture_output=True, check=True)
+        files = [line[3:] for line in out.stdout.splitlines()]
+        return (f"yes, {len(files)} file(s): " + ", ".join(files[:8])) if files else "no"
+    return "unknown"
+
+
 def machine_info() -> dict[str, str]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {
@@ -191,6 +202,7 @@ def machine_info() -> dict[str, str]:
         "os": f"{platform.system()} {platform.release()}",
         "load average at start": " / ".join(f"{x:.2f}" for x in load),
         "commit": _git_commit(),
+        "uncommitted changes in runtime/, storage/, application_sdk/": _dirty(),
         "python": platform.python_version(),
         "ray": _version("ray"),
         "pydantic": _version("pydantic"),

@@ -10,7 +10,7 @@ from typing import Any
 
 from ._measure import Table, fmt_ratio, fmt_s
 
-__all__ = ["Target", "render_markdown", "render_text", "targets", "write_json"]
+__all__ = ["Target", "render_markdown", "render_text", "summarize", "targets", "write_json"]
 
 FILE, S3, RAW, DBOS = "runtime file://", "runtime S3 (moto)", "raw Ray", "DBOS SQLite"
 
@@ -100,8 +100,46 @@ def targets(tables: dict[str, Table]) -> list[Target]:
                                   "determinism guards, 300 sequential tasks"))
     else:
         rows.append(Target("determinism guards, 300 sequential tasks", "<= 1.05x",
-                           "N/A (no guards switch)", None))
+                           "N/A (no guards switch)" if guards else "-", None))
     return rows + _vs_dbos(tables)
+
+
+def summarize(tables: dict[str, Table]) -> list[str]:
+    """The figures the closing note asks for, in sentences."""
+    out = []
+    for key, label in (("fanout", "Fan-out"), ("sequential", "Sequential")):
+        t = tables.get(key)
+        if t is None:
+            continue
+        sizes = sorted({int(k.rsplit("@", 1)[1]) for k in t.figures if k.startswith(RAW + "@")})
+        parts = []
+        for n in sizes:
+            raw = t.figures.get(f"{RAW}@{n}")
+            bits = []
+            for variant, short in ((FILE, "file://"), (S3, "S3")):
+                v = t.figures.get(f"{variant}@{n}")
+                if v is not None and raw:
+                    bits.append(f"{short} {(v - raw) / n * 1000:+.2f} ms/task "
+                                f"({v / raw:.2f}x)")
+            dbos = t.figures.get(f"{DBOS}@{n}")
+            if dbos is not None and raw:
+                bits.append(f"DBOS {(dbos - raw) / n * 1000:+.2f} ms/task ({dbos / raw:.2f}x)")
+            if bits:
+                parts.append(f"N={n}: " + ", ".join(bits))
+        if parts:
+            out.append(f"{label}, overhead over raw Ray: " + "; ".join(parts) + ".")
+    t = tables.get("resume")
+    if t is not None:
+        sizes = sorted({int(k.rsplit("@", 1)[1]) for k in t.figures if "@" in k})
+        parts = []
+        for n in sizes:
+            bits = [f"{short} {fmt_s(t.figures[f'{v}@{n}'])}"
+                    for v, short in ((FILE, "file://"), (S3, "S3"), (DBOS, "DBOS"))
+                    if t.figures.get(f"{v}@{n}") is not None]
+            parts.append(f"N={n}: " + ", ".join(bits))
+        if parts:
+            out.append("Resume of N recorded tasks: " + "; ".join(parts) + ".")
+    return out
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -116,13 +154,15 @@ def _text_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def render_text(tables: list[Table], goals: list[Target]) -> str:
+def render_text(tables: list[Table], goals: list[Target], summary: list[str]) -> str:
     parts = []
     for t in tables:
         parts.append(f"\n{t.title}  [{t.seconds:.0f} s]")
         parts.append(_text_table(t.headers, t.rows) if t.rows else "  (no figures)")
         parts += [f"  * {n}" for n in t.notes if n.startswith(("N/A", "not available"))
                   or "not measured" in n]
+    parts.append("\nSummary")
+    parts += [f"  {line}" for line in summary]
     parts.append("\nTargets")
     parts.append(_text_table(["target", "goal", "figure", "status"],
                              [[g.what, g.goal, g.figure, g.status] for g in goals]))
@@ -137,7 +177,7 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def render_markdown(
     tables: list[Table], goals: list[Target], machine: dict[str, str], commands: list[str],
-    method: list[str],
+    method: list[str], summary: list[str],
 ) -> str:
     md = ["# Benchmark results", "",
           "Written by `python -m benchmarks` (benchmarks/__main__.py); do not edit by hand, "
@@ -146,6 +186,7 @@ def render_markdown(
            ""]
     md += ["## Commands", "", "```", *commands, "```", ""]
     md += ["## Method", "", *[f"- {m}" for m in method], ""]
+    md += ["## Summary", "", *[f"- {line}" for line in summary], ""]
     md += ["## Targets", "", _md_table(["target", "goal", "figure", "status"],
                                         [[g.what, g.goal, g.figure, g.status] for g in goals]), ""]
     for t in tables:
