@@ -24,7 +24,7 @@ from ._measure import Measured, Table, Variant, fmt_ratio, fmt_s, interleave
 from ._probe import WARMUP_TASKS
 from .apps import Batch, BenchApp, HeartbeatApp, NoHeartbeatApp, raw_noop, raw_sleep
 
-__all__ = ["CASES", "SIZES", "Context"]
+__all__ = ["CASES", "OPT_IN", "SIZES", "Context"]
 
 RAW, FILE, S3, DBOS = "raw Ray", "runtime file://", "runtime S3 (moto)", "DBOS SQLite"
 SLEEP_MS = 50
@@ -40,7 +40,10 @@ SIZES: dict[str, tuple[list[int], list[int]]] = {
     "guards": ([100, 300], [10]),
     "sql": ([1_000_000, 5_000_000], [20_000]),
     "files": ([128, 1024], [4]),
+    "jobs": ([100], [10]),
 }
+OPT_IN = ("jobs",)
+"""Cases run only when named in --cases."""
 
 
 @dataclass
@@ -522,4 +525,5 @@ CASES: dict[str, CaseFn] = {
     "guards": case_guards,
     "sql": _extra("sql"),
     "files": _extra("files"),
+    "jobs": _extra("jobs"),
 }

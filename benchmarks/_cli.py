@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import _dbos
-from ._cases import CASES, SIZES, Context
+from ._cases import CASES, OPT_IN, SIZES, Context
 from ._env import REPO, Environment, machine_info, moto_server, new_bucket, ray_for_benchmarks
 from ._env import work_dir as make_work_dir
 from ._measure import Table, log
@@ -53,7 +53,7 @@ def _sizes(values: list[str]) -> dict[str, list[int]]:
             out[case] = sizes
         else:
             for name in CASES:
-                if name not in ("sql", "files"):  # rows and MB, not task counts
+                if name not in ("sql", "files", "jobs"):  # rows and MB, not task counts
                     out.setdefault(name, sizes)
     return out
 
@@ -68,8 +68,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true",
                    help="smallest sizes, one repetition (the smoke test's mode)")
-    p.add_argument("--cases", default=",".join(CASES),
-                   help=f"comma-separated subset of: {', '.join(CASES)}")
+    p.add_argument("--cases", default=",".join(c for c in CASES if c not in OPT_IN),
+                   help=f"comma-separated subset of: {', '.join(CASES)} "
+                        f"(default: all but {', '.join(OPT_IN)})")
     p.add_argument("--sizes", action="append", default=[],
                    help="N list for every task-count case (100,1000) or for one "
                         "(fanout=100,1000); repeatable")

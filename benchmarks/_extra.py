@@ -4,6 +4,8 @@
   Ray with 1 and 2 worker CPUs against `benchmarks/sql_baseline.py`'s single-process
   ADBC-to-Parquet loop (the limit). Until the app exists, only the limit is measured here.
 - `benchmarks/bench_files.py` (`run(size_mb)`): the FileReference benchmark of issue 5.
+- `benchmarks/bench_jobs.py` (`run(tasks)`): the `ray job submit` path of issue 6. Opt-in
+  (`--cases jobs`): it starts a Ray head of its own next to the benchmark's Ray.
 
 Whatever is not there yet is reported as "not available" rather than failing the run.
 """
@@ -22,7 +24,7 @@ from typing import Any
 from ._cases import Context
 from ._measure import Table, Variant, fmt_s, interleave, median
 
-__all__ = ["case_files", "case_sql"]
+__all__ = ["case_files", "case_jobs", "case_sql"]
 
 
 def _module(name: str) -> tuple[Any, str | None]:
@@ -101,6 +103,16 @@ async def case_files(ctx: Context) -> Table:
         t.notes.append(f"not available: {why}")
         return t
     return await _dict_case(ctx, "files", title, bench, "size", lambda n: f"{n} MB")
+
+
+async def case_jobs(ctx: Context) -> Table:
+    title = "8c. `ray job submit` path vs `connector-runtime run` on the same head (opt-in)"
+    bench, why = _module("benchmarks.bench_jobs")
+    if bench is None:
+        t = Table("jobs", title, ["tasks", "figure", "median", "range"])
+        t.notes.append(f"not available: {why}")
+        return t
+    return await _dict_case(ctx, "jobs", title, bench, "tasks", lambda n: f"{n} tasks")
 
 
 def _repeat(ctx: Context) -> int:
