@@ -36,12 +36,15 @@ def lines(path) -> list[str]:
 
 
 DRIVER = """
-import json, resource, sys
+import json, sys
 from runtime import run_app
 from tests.apps.files_apps import ChainApp, ChainInput
 out = run_app(ChainApp, ChainInput.model_validate_json(sys.argv[1]), run_id=sys.argv[2],
               store=sys.argv[3])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+# VmHWM, this address space's peak: getrusage's ru_maxrss would carry over the parent's
+# (pytest's) peak across fork/exec on Linux
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+peak = int(hwm.split()[1]) * 1024  # kB
 print(json.dumps({"output": out.model_dump(mode="json"), "peak_rss": peak}))
 """
 
