@@ -7,7 +7,7 @@ runs/{app}/{run_id}/cancel.msgpack              a cancellation request, if any
 runs/{app}/{run_id}/journal/{epoch}-{seq}.msgpack  immutable segments of journal records
 runs/{app}/{run_id}/files/...                   TRANSIENT FileReference objects
 retained/{app}/{run_id}/...                     RETAINED objects
-persistent/{app}/...                            PERSISTENT objects
+persistent/{app}/{run_id}/...                   PERSISTENT objects
 ```
 
 The journal is append-only: each group commit writes one new immutable segment named by the
