@@ -45,7 +45,7 @@ class RayExecutor:
         self.running: dict[str, Attempt] = {}
         self._remote = remote_for(app_cls)
         self._by_task: dict[str, Any] = {}
-        self._feasible: set[str] = set()
+        self._feasible: dict[str, asyncio.Future[None]] = {}
 
     def _remote_for(self, spec: TaskSpec) -> Any:
         remote = self._by_task.get(spec.name)
@@ -75,8 +75,14 @@ class RayExecutor:
         details: dict[str, Any] | None,
         timeout: float,
     ) -> bytes:
-        if spec.name not in self._feasible:
-            await self._wait_until_feasible(spec)
+        checked = self._feasible.get(spec.name)
+        if checked is None:  # one check per task name, shared by every call waiting on it
+            checked = self._feasible[spec.name] = asyncio.ensure_future(
+                self._wait_until_feasible(spec))
+        if not checked.done():
+            await asyncio.shield(checked)
+        elif checked.exception() is not None:
+            raise checked.exception()  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         info = (key, number, details, self.monitor, self._heartbeat_settings(spec))
         ref = self._remote_for(spec).remote(spec.name, payload, self.context, info)
@@ -105,7 +111,6 @@ class RayExecutor:
             nodes = await asyncio.to_thread(ray.nodes)
             totals = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
             if any(all(t.get(k, 0) >= v for k, v in wanted.items()) for t in totals):
-                self._feasible.add(spec.name)
                 return
             if time.monotonic() >= deadline:
                 have = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(t.items())

@@ -1,9 +1,11 @@
 """What a running task reaches through `self.heartbeat()` and the built-in cleanup tasks.
 
-Heartbeats come from a daemon thread of the attempt's own, so a task blocked in a synchronous
-call or a busy loop still beats while its process lives. The first beat is sent after
-min(period, 1 s): short tasks never send one, so heartbeats cost nothing on a fan-out of quick
-tasks. Beats are fire-and-forget actor calls to the run's heartbeat monitor; no store writes.
+Heartbeats come from one daemon thread per worker process (not the task's thread), so a task
+blocked in a synchronous call or a busy loop still beats while its process lives. Attempts
+register with it when they start, which costs a dict insert, not a thread start. The first beat
+is sent after min(period, 1 s): short tasks never send one, so heartbeats cost nothing on a
+fan-out of quick tasks. Beats are fire-and-forget actor calls to the run's heartbeat monitor; no
+store writes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,40 @@ if TYPE_CHECKING:
     from ._worker import RunContext
 
 __all__ = ["WorkerTaskRuntime"]
+
+_TICK = 0.2
+
+
+class _Beater(threading.Thread):
+    """The worker process's heartbeat thread: beats for every attempt registered with it."""
+
+    def __init__(self) -> None:
+        super().__init__(name="heartbeats", daemon=True)
+        self.running: dict[int, WorkerTaskRuntime] = {}
+
+    def run(self) -> None:
+        while True:
+            time.sleep(_TICK)
+            now = time.monotonic()
+            for attempt in list(self.running.values()):
+                if attempt.period and now >= attempt.next_beat:
+                    attempt.next_beat = now + attempt.period
+                    attempt._send()
+
+
+_the_beater: _Beater | None = None
+_beater_lock = threading.Lock()
+
+
+def _beater() -> _Beater:
+    global _the_beater
+    if _the_beater is None:
+        with _beater_lock:
+            if _the_beater is None:
+                beater = _Beater()
+                beater.start()
+                _the_beater = beater
+    return _the_beater
 
 
 class WorkerTaskRuntime:
@@ -35,9 +71,8 @@ class WorkerTaskRuntime:
         self.period: float | None = heartbeat[0] if heartbeat else None
         self.details = details
         self._changed = False
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self.next_beat = 0.0
 
     # -- heartbeats ------------------------------------------------------------------------
 
@@ -59,21 +94,14 @@ class WorkerTaskRuntime:
         except Exception:  # a beat must never fail the task; the monitor notices the silence
             pass
 
-    def _beat_loop(self) -> None:
-        assert self.period is not None
-        wait = min(self.period, 1.0)
-        while not self._stop.wait(wait):
-            self._send()
-            wait = self.period
-
     def start(self) -> None:
         if self.monitor is None or not self.period:
             return
-        self._thread = threading.Thread(target=self._beat_loop, name="heartbeat", daemon=True)
-        self._thread.start()
+        self.next_beat = time.monotonic() + min(self.period, 1.0)
+        _beater().running[id(self)] = self
 
     def stop(self) -> None:
-        self._stop.set()
+        _beater().running.pop(id(self), None)
 
     # -- cleanup ---------------------------------------------------------------------------
 
