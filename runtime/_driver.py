@@ -238,6 +238,7 @@ class _Driver:
         log.info("run %s: %d task results recorded, %d segments", runs.run_id,
                  len(index.tasks), load.segments)
         watch = asyncio.get_running_loop().create_task(self.heartbeats.run())
+        self.load = load
         try:
             return await self._orchestrate(record, orch, executor, committer)
         finally:
@@ -278,6 +279,10 @@ class _Driver:
                 error, outcome, output = exc, "failed", None
         watcher.cancel()
         await committer.close()
+        try:
+            await asyncio.to_thread(committer.compact, self.load)
+        except Exception as exc:  # the journal is intact without it, only slower to load
+            log.warning("run %s: journal compaction skipped: %s", record.run_id, exc)
         return await self._finish(record, orch, outcome, output, error)
 
     def _check_divergence(self, record: RunRecord, orch: Orchestrator) -> None:

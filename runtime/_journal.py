@@ -75,6 +75,9 @@ class GroupCommitter:
         self.max_batch = max_batch
         self.error: BaseException | None = None
         self.segments_written = 0
+        self.written_keys: list[str] = []
+        self.written_records: list[dict[str, Any]] = []
+        """Everything this session made durable, in order (what a compaction rewrites)."""
         self._buf: list[dict[str, Any]] = []
         self._appended = 0
         self._durable = 0
@@ -145,5 +148,16 @@ class GroupCommitter:
             )
         while not self.runs.write_segment(self.lease.epoch, self.seq, batch):
             self.seq += 1
+        self.written_keys.append(self.runs.segment_key(self.lease.epoch, self.seq))
+        self.written_records.extend(batch)
         self.seq += 1
         self.segments_written += 1
+
+    def compact(self, load: JournalLoad, threshold: int = 8) -> None:
+        """Rewrite the journal (what was loaded plus what this session wrote) as one segment,
+        so the next load reads one object instead of hundreds. Call after close()."""
+        keys = load.keys + self.written_keys
+        if len(keys) < threshold or self.lease.lost or self.error is not None:
+            return
+        self.seq = self.runs.compact(self.lease.epoch, self.seq, keys + load.covered,
+                                     load.records + self.written_records) + 1

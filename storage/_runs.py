@@ -85,6 +85,10 @@ class JournalLoad(BaseModel):
     """Keys of segments that failed their checksum and were ignored."""
     next_seq: dict[int, int]
     """Per epoch, the next free segment sequence number."""
+    keys: list[str] = []
+    """The segments the records came from (not those a compaction replaced)."""
+    covered: list[str] = []
+    """Segments a compaction replaced that are still there (a crash before their deletion)."""
 
 
 class RunStore:
@@ -123,8 +127,9 @@ class RunStore:
     def load_journal(self) -> JournalLoad:
         keys = [k for k in self.store.list(self.key("journal")) if k.endswith(".msgpack")]
         blobs = self.store.read_many(keys)
-        records: list[dict[str, Any]] = []
+        segments: list[tuple[str, list[dict[str, Any]]]] = []
         corrupt: list[str] = []
+        covered: set[str] = set()
         next_seq: dict[int, int] = {}
         for key in keys:  # sorted by (epoch, seq): zero-padded names
             epoch, seq = (int(x) for x in key.rsplit("/", 1)[-1].split(".")[0].split("-"))
@@ -133,11 +138,32 @@ class RunStore:
             try:
                 if data is None:
                     raise CorruptRecordError(f"{key}: vanished while loading")
-                records.extend(_codec.decode(data, key))
+                batch = _codec.decode(data, key)
             except CorruptRecordError:
                 corrupt.append(key)
+                continue
+            if batch and batch[0].get("y") == "c":  # a compaction: replaces the ones it names
+                covered.update(self.key(f"journal/{name}") for name in batch[0]["covers"])
+                batch = batch[1:]
+            segments.append((key, batch))
+        live = [(key, batch) for key, batch in segments if key not in covered]
+        records = [record for _, batch in live for record in batch]
         return JournalLoad(records=records, segments=len(keys), corrupt=corrupt,
-                           next_seq=next_seq)
+                           next_seq=next_seq, keys=[key for key, _ in live],
+                           covered=sorted(covered & set(keys)))
+
+    def compact(self, epoch: int, seq: int, keys: list[str],
+                records: list[dict[str, Any]]) -> int:
+        """Write `records` (everything `keys` hold) as one segment, then delete `keys`.
+
+        The new segment names what it replaces, so a crash between the write and the deletes
+        leaves a journal that still loads each record once. Returns the sequence number used.
+        """
+        header = {"y": "c", "covers": [k.rsplit("/", 1)[-1] for k in keys]}
+        while not self.write_segment(epoch, seq, [header, *records]):
+            seq += 1
+        self.store.delete(keys)
+        return seq
 
     # -- cancellation ----------------------------------------------------------------------
 

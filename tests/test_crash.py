@@ -68,5 +68,8 @@ def test_sigkill_mid_run_then_rerun_completes_without_redoing_work(
         assert after[i] == before[i] == 1, f"task {i} ran again after it was recorded"
     rerun = {i for i in range(n) if after[i] > 1}
     assert rerun.isdisjoint(durable)
-    final = RunStore(open_store(file_store), "CountingApp", "crash").read_run()
-    assert final.status is RunStatus.COMPLETED
+    runs = RunStore(open_store(file_store), "CountingApp", "crash")
+    assert runs.read_run().status is RunStatus.COMPLETED
+    journal = runs.load_journal()  # compacted when the run finished: one object to load
+    assert journal.segments == 1
+    assert durable_items(file_store, "crash") == set(range(n))

@@ -174,3 +174,22 @@ def test_credentials_in_url_are_refused_without_echoing_them():
         open_store("s3://AKIAEXAMPLE:supersecret@bucket/prefix")
     assert "supersecret" not in str(info.value)
     assert "AKIAEXAMPLE" not in str(info.value)
+
+
+def test_compaction_replaces_segments_and_survives_a_crash_before_deletes(store):
+    runs = RunStore(store, "App", "run-5")
+    for seq in range(10):
+        assert runs.write_segment(1, seq, [{"k": f"r{seq}"}])
+    load = runs.load_journal()
+    expected = [f"r{i}" for i in range(10)]
+    # a crash after writing the compacted segment, before deleting what it replaces
+    header = {"y": "c", "covers": [k.rsplit("/", 1)[-1] for k in load.keys]}
+    assert runs.write_segment(1, 10, [header, *load.records])
+    crashed = runs.load_journal()
+    assert [r["k"] for r in crashed.records] == expected  # each record once
+    assert len(crashed.covered) == 10
+    # the next compaction finishes the job
+    runs.compact(2, 0, crashed.keys + crashed.covered, crashed.records)
+    final = runs.load_journal()
+    assert [r["k"] for r in final.records] == expected
+    assert final.segments == 1 and final.covered == []
