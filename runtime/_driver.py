@@ -228,8 +228,8 @@ class _Driver:
         committer = GroupCommitter(runs, self.lease, load.next_seq.get(self.lease.epoch, 0))
         committer.start()
         run_ctx = RunContext(runs.run_id, runs.app, runs.store.url, runs.store.options or None)
-        monitor = await shared_monitor()
-        executor = RayExecutor(self.app_cls, run_ctx, monitor)
+        monitor, monitor_name = await shared_monitor()
+        executor = RayExecutor(self.app_cls, run_ctx, monitor_name)
         self.heartbeats = HeartbeatWatch(monitor, runs.run_id, executor, index, committer)
         budget = Budget(self.app_cls.max_task_executions, index.executions, runs.run_id)
         steps = StepRunner(index, committer, executor, budget, self.progress,

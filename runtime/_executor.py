@@ -38,9 +38,10 @@ class Attempt:
 
 
 class RayExecutor:
-    def __init__(self, app_cls: type[App], run: RunContext, monitor: Any = None) -> None:
+    def __init__(self, app_cls: type[App], run: RunContext, monitor: str | None = None) -> None:
         self.app_cls = app_cls
         self.context = run
+        self._context_args = run.as_args()
         self.monitor = monitor
         self.running: dict[str, Attempt] = {}
         self._remote = remote_for(app_cls)
@@ -85,7 +86,7 @@ class RayExecutor:
             raise checked.exception()  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         info = (key, number, details, self.monitor, self._heartbeat_settings(spec))
-        ref = self._remote_for(spec).remote(spec.name, payload, self.context, info)
+        ref = self._remote_for(spec).remote(spec.name, payload, self._context_args, info)
         result: asyncio.Future[bytes] = loop.create_future()
         ref.future().add_done_callback(lambda cf: _call_soon(loop, result, cf))
         attempt = Attempt(key, spec.name, number, ref, result, spec.options)

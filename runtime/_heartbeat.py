@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -69,10 +70,11 @@ class HeartbeatMonitor:
             beats.pop(key, None)
 
 
-_monitors: dict[str, Any] = {}
+_monitors: dict[str, tuple[Any, str]] = {}
+NAMESPACE = "connector_runtime"
 
 
-async def shared_monitor() -> Any:
+async def shared_monitor() -> tuple[Any, str]:
     """The driver process's monitor actor, started once and shared by its runs.
 
     Waiting until it is up matters: beats a worker sends to an actor that is still starting
@@ -80,12 +82,15 @@ async def shared_monitor() -> Any:
     an actor costs ~1 s here, so it is paid once per driver process, not once per run.
     """
     job = ray.get_runtime_context().get_job_id()
-    monitor = _monitors.get(job)
-    if monitor is None:
+    if job not in _monitors:
+        # Attempts carry the actor's name, not its handle: a string costs nothing to send,
+        # and a worker looks the actor up only when it first has a beat to send.
+        name = f"heartbeats-{job}-{os.getpid()}"
         actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(HeartbeatMonitor)
-        monitor = _monitors[job] = actor.remote()
+        _monitors[job] = (actor.options(name=name, namespace=NAMESPACE).remote(), name)
+    monitor, name = _monitors[job]
     await asyncio.wait_for(asyncio.wrap_future(monitor.__ray_ready__.remote().future()), 60)
-    return monitor
+    return monitor, name
 
 
 class HeartbeatWatch:

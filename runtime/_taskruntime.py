@@ -39,6 +39,21 @@ class _Beater(threading.Thread):
                     attempt._send()
 
 
+_monitors: dict[str, Any] = {}
+
+
+def _monitor(name: str) -> Any:
+    """The run's monitor actor, looked up by name once per worker process."""
+    handle = _monitors.get(name)
+    if handle is None:
+        import ray
+
+        from ._heartbeat import NAMESPACE
+
+        handle = _monitors[name] = ray.get_actor(name, namespace=NAMESPACE)
+    return handle
+
+
 _the_beater: _Beater | None = None
 _beater_lock = threading.Lock()
 
@@ -89,8 +104,8 @@ class WorkerTaskRuntime:
             details, changed = self.details, self._changed
             self._changed = False
         try:
-            self.monitor.beat.remote(self.context.run_id, self.call_key, self.attempt,
-                                     details if changed else None, time.time())
+            _monitor(self.monitor).beat.remote(self.context.run_id, self.call_key, self.attempt,
+                                               details if changed else None, time.time())
         except Exception:  # a beat must never fail the task; the monitor notices the silence
             pass
 

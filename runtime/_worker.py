@@ -41,6 +41,18 @@ class RunContext:
     store_options: dict[str, Any] | None = None
     """fsspec options of the store (endpoint, profile); travel in memory only, never stored."""
 
+    def as_args(self) -> tuple[Any, ...]:
+        """Plain values for a task's arguments (msgpack-able: cheaper than a pickled object)."""
+        return (self.run_id, self.app_name, self.store_url, self.store_options)
+
+    @classmethod
+    def from_args(cls, args: tuple[Any, ...] | list[Any]) -> RunContext:
+        key = (args[0], args[1], args[2], repr(args[3]))
+        context = _contexts.get(key)
+        if context is None:
+            context = _contexts[key] = cls(*args)
+        return context
+
     def store(self) -> Store:
         key = (self.store_url, repr(sorted((self.store_options or {}).items())))
         store = _stores.get(key)
@@ -49,11 +61,12 @@ class RunContext:
         return store
 
 
-# (call_key, attempt, heartbeat_details or None, monitor handle or None, heartbeat settings):
+# (call_key, attempt, heartbeat_details or None, monitor actor name or None, heartbeat settings):
 # a tuple, cheap to serialize per call.
 AttemptInfo = tuple[str, int, dict[str, Any] | None, Any, tuple[Any, ...]]
 
 _stores: dict[tuple[str, str], Store] = {}
+_contexts: dict[tuple[str, str, str, str], RunContext] = {}
 
 _instances: dict[type[App], App] = {}
 _loop: asyncio.AbstractEventLoop | None = None
@@ -88,7 +101,7 @@ def _instance(app_cls: type[App]) -> App:
 
 
 def execute(
-    app_cls: type[App], task_name: str, payload: bytes, run: RunContext, info: AttemptInfo
+    app_cls: type[App], task_name: str, payload: bytes, run: RunContext, info: AttemptInfo,
 ) -> bytes:
     """Run one attempt of `task_name` in this worker process; returns msgpack output bytes."""
     from ._taskruntime import WorkerTaskRuntime
@@ -140,8 +153,9 @@ def remote_for(app_cls: type[App]) -> Any:
     remote = _remotes.get(app_cls)
     if remote is None:
 
-        def attempt(task_name: str, payload: bytes, run: RunContext, info: AttemptInfo) -> bytes:
-            return execute(app_cls, task_name, payload, run, info)
+        def attempt(task_name: str, payload: bytes, run: tuple[Any, ...],
+                    info: AttemptInfo) -> bytes:
+            return execute(app_cls, task_name, payload, RunContext.from_args(run), info)
 
         attempt.__name__ = attempt.__qualname__ = f"{app_cls.__name__}.task_attempt"
         remote = ray.remote(max_retries=0, retry_exceptions=False)(attempt)
