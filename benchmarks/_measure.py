@@ -101,17 +101,19 @@ async def interleave(
         for v in list(live):
             await _guarded(out, live, v, case, "warm-up", _call(v.measure, warmup))
     for n in sizes:
-        for v in list(live):
+        # a failure drops the variant for this size only: the next size tries it again
+        at_size = list(live)
+        for v in list(at_size):
             if v.setup is not None:
-                await _guarded(out, live, v, case, f"setup N={n}", _call(v.setup, n))
+                await _guarded(out, at_size, v, case, f"setup N={n}", _call(v.setup, n))
         for rep in range(repeat):
-            shift = rep % len(live) if live else 0
-            for v in live[shift:] + live[:shift]:
-                if v not in live:  # failed earlier in this repetition
+            shift = rep % len(at_size) if at_size else 0
+            for v in at_size[shift:] + at_size[:shift]:
+                if v not in at_size:  # failed earlier in this repetition
                     continue
                 gc.collect()
                 started = time.perf_counter()
-                value = await _guarded(out, live, v, case, f"N={n}", v.measure(n))
+                value = await _guarded(out, at_size, v, case, f"N={n}", v.measure(n))
                 if value is None:
                     continue
                 out.samples.setdefault((v.name, n), []).append(value)
@@ -127,11 +129,13 @@ async def _call(fn: Callable[[int], Awaitable[Any]], n: int) -> Any:
 async def _guarded(
     out: Measured, live: list[Variant], v: Variant, case: str, what: str, coro: Awaitable[Any]
 ) -> Any:
-    """Await `coro`; a failure drops the variant from the case (reported), never the run."""
+    """Await `coro`; a failure drops the variant from `live` (reported), never the run."""
     try:
         return await coro
     except Exception as exc:
-        out.errors[v.name] = f"{what}: {type(exc).__name__}: {str(exc)[:300]}"
+        previous = out.errors.get(v.name)
+        error = f"{what}: {type(exc).__name__}: {str(exc)[:300]}"
+        out.errors[v.name] = f"{previous}; {error}" if previous else error
         log(f"  {case}: {v.name} failed at {what}: {type(exc).__name__}: {exc}")
         if v in live:
             live.remove(v)

@@ -380,13 +380,9 @@ async def _whatif(case: str, n: int, store: str, repeat: int,
 
 
 def _mark_failed_app(store: str, app: Any, run_id: str) -> None:
-    from storage import RunStatus, RunStore, open_store
+    from ._probe import mark_failed
 
-    runs = RunStore(open_store(store), app.name, run_id)
-    record = runs.read_run()
-    assert record is not None
-    record.status = RunStatus.FAILED
-    runs.write_run(record)
+    mark_failed(store, run_id, app.name)
 
 
 def whatif(case: str, n: int, kind: str, repeat: int) -> str:
