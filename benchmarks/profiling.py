@@ -4,6 +4,7 @@
     python -m benchmarks.profiling breakdown                # per-task cost, layer by layer
     python -m benchmarks.profiling whatif fanout 1000 file  # candidate fixes, monkeypatched
     python -m benchmarks.profiling requests 1000            # S3 requests per run (moto log)
+    python -m benchmarks.profiling memory 5000              # what a recorded task holds
 
 Needs py-spy for `spy` (`.venv/bin/pip install py-spy`; not a project dependency). Every
 command starts its own local Ray (2 CPUs) and, for S3, its own moto server, like the
@@ -461,6 +462,85 @@ def requests(n: int) -> str:
     return "\n".join(lines)
 
 
+# -- memory: what the driver holds per recorded task (tracemalloc) --------------------------------
+
+
+def memory(n: int, top: int = 15) -> str:
+    """tracemalloc of a resume of n recorded tasks: peak per task, and the allocation sites
+    alive when the last recorded task is replayed (all n gathered calls exist then)."""
+    import tracemalloc
+
+    import runtime._step as step
+
+    from ._probe import mark_failed
+    from .apps import BenchApp
+
+    snaps: dict[str, Any] = {}
+    with _stores("file") as store:
+        async def go() -> tuple[int, int]:
+            run_id = f"m-{uuid.uuid4().hex[:8]}"
+            await _one_run("fanout", n, store, run_id=run_id)
+            await _one_run("fanout", 20, store)  # warm-up of the replay path's imports
+            mark_failed(store, run_id)
+            original = step.StepRunner.recorded
+            calls = 0
+
+            def recorded(self: Any, spec: Any, key: str) -> Any:
+                nonlocal calls
+                calls += 1
+                if calls == n:
+                    snaps["last"] = tracemalloc.take_snapshot()
+                return original(self, spec, key)
+
+            step.StepRunner.recorded = recorded  # type: ignore[method-assign]
+            tracemalloc.start(6)
+            base, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            try:
+                await _one_run("fanout", n, store, app=BenchApp, run_id=run_id)
+            finally:
+                step.StepRunner.recorded = original  # type: ignore[method-assign]
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            return base, peak
+
+        base, peak = asyncio.run(go())
+    lines = [f"resume of {n} recorded tasks: traced peak {(peak - base) / n:,.0f} B/task "
+             f"({(peak - base) / 2**20:.1f} MiB over the start of the run)",
+             f"| allocation site alive at the last replayed call (top {top}) | KiB | B/task |",
+             "|---|---|---|"]
+    snapshot = snaps.get("last")
+    if snapshot is not None:
+        stats = snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        by_site: collections.Counter[str] = collections.Counter()
+        for stat in stats.statistics("traceback"):
+            by_site[_site(stat.traceback)] += stat.size
+        for where, size in by_site.most_common(top):
+            lines.append(f"| {where} | {size / 1024:,.0f} | {size / n:,.0f} |")
+    return "\n".join(lines)
+
+
+def _site(traceback: Any) -> str:
+    """The allocating line, and the first caller of ours (runtime, storage, app) above it."""
+    frames = list(traceback)  # most recent call last
+    alloc = frames[-1]
+    where = f"{_short(alloc.filename)}:{alloc.lineno}"
+    for frame in reversed(frames[:-1]):
+        name = _short(frame.filename)
+        if name.startswith(("runtime/", "storage/", "application_sdk/", "benchmarks/")):
+            if name != _short(alloc.filename):
+                where += f" <- {name}:{frame.lineno}"
+            break
+    return where
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "/work/main/", "python3.11/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 
@@ -487,6 +567,8 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--repeat", type=int, default=5)
     r = sub.add_parser("requests", help="S3 requests of one run, by kind (moto's log)")
     r.add_argument("n", type=int, nargs="?", default=1000)
+    mem = sub.add_parser("memory", help="tracemalloc of a resume: what each recorded task holds")
+    mem.add_argument("n", type=int, nargs="?", default=5000)
     d = sub.add_parser("_driver")  # internal: the process `spy` profiles
     d.add_argument("case")
     d.add_argument("n", type=int)
@@ -508,6 +590,8 @@ def main(argv: list[str] | None = None) -> None:
         print(whatif(args.case, args.n, args.store, args.repeat))
     elif args.cmd == "requests":
         print(requests(args.n))
+    elif args.cmd == "memory":
+        print(memory(args.n))
 
 
 if __name__ == "__main__":
