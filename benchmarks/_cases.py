@@ -121,6 +121,18 @@ def _range(values: list[float]) -> str:
     return f"{fmt_s(min(values))}-{fmt_s(max(values))}"
 
 
+def _overlap_note(m: Measured, a: str, b: str, sizes: list[int], t: Table) -> None:
+    """Say so when two variants' min-max ranges overlap: their ratio is within the noise."""
+    within = []
+    for n in sizes:
+        x, y = m.get(a, n), m.get(b, n)
+        if len(x) > 1 and len(y) > 1 and min(x) <= max(y) and min(y) <= max(x):
+            within.append(str(n))
+    if within:
+        t.notes.append(f"At N={', '.join(within)} the ranges of '{a}' and '{b}' overlap: their "
+                       "ratio is within this machine's run-to-run noise.")
+
+
 def _errors_as_notes(m: Measured, table: Table) -> None:
     for name, why in m.errors.items():
         table.notes.append(f"{name}: not measured ({why})")
@@ -448,6 +460,7 @@ async def case_heartbeat(ctx: Context) -> Table:
                            fmt_ratio(med / raw if raw else None)])
     _figures(m, t)
     _errors_as_notes(m, t)
+    _overlap_note(m, off, on, sizes, t)
     present = heartbeat_monitor_present()
     t.figures["monitor_present"] = present
     t.notes.append(
@@ -457,7 +470,9 @@ async def case_heartbeat(ctx: Context) -> Table:
            "beat); both rows measure the same code path until it lands.")
     )
     t.notes.append("No-op tasks finish before their first beat (sent after min(period, 1 s)): "
-                   "the figure is the cost of heartbeat plumbing per task and per run.")
+                   "the figure is the cost of heartbeat plumbing per task and per run. 'no "
+                   "heartbeat' is @task(auto_heartbeat_seconds=None, heartbeat_timeout_seconds="
+                   "None); the default task (case 1) beats every 10 s.")
     return t
 
 
@@ -506,6 +521,7 @@ async def case_guards(ctx: Context) -> Table:
                            fmt_ratio(med / base if base else None)])
     _figures(m, t)
     _errors_as_notes(m, t)
+    _overlap_note(m, off, on, sizes, t)
     t.notes.append(f"Each figure is a fresh driver process with {switch} set (a switch read at "
                    "import works too), after a 20-task warm-up run.")
     return t
