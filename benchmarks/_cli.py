@@ -13,7 +13,15 @@ from pathlib import Path
 
 from . import _dbos
 from ._cases import CASES, OPT_IN, SIZES, Context
-from ._env import REPO, Environment, machine_info, moto_server, new_bucket, ray_for_benchmarks
+from ._env import (
+    REPO,
+    Environment,
+    code_state,
+    machine_info,
+    moto_server,
+    new_bucket,
+    ray_for_benchmarks,
+)
 from ._env import work_dir as make_work_dir
 from ._measure import Table, log
 from ._report import render_markdown, render_text, summarize, targets, write_json
@@ -119,6 +127,7 @@ def _commands(argv: list[str] | None) -> list[str]:
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> list[Table]:
     machine = machine_info()
+    code_at_start = code_state()
     with contextlib.ExitStack() as stack:
         endpoint = None
         if not args.no_s3:
@@ -142,6 +151,11 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> list[Table]:
     machine["ray cluster"] = "this run's local Ray, num_cpus=2" if not os.environ.get(
         "RAY_ADDRESS") else f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
     machine["load average at end"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    if code_state() != code_at_start:
+        machine["WARNING"] = ("runtime/, storage/ or application_sdk/ changed while the "
+                              "benchmark ran: later cases (and fresh worker processes) may have "
+                              "run newer code than earlier ones; run it again")
+        log(f"WARNING: {machine['WARNING']}")
     machine["benchmark wall time"] = f"{sum(t.seconds for t in tables) / 60:.1f} min"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render_markdown(tables, goals, machine, _commands(argv), METHOD,

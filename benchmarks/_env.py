@@ -192,6 +192,23 @@ def _dirty() -> str:
     return "unknown"
 
 
+def code_state() -> str:
+    """Fingerprint of the measured code (tree hashes plus uncommitted diff), to notice a
+    change made while the benchmark ran (other engineers share the working tree)."""
+    parts = []
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        for folder in ("runtime", "storage", "application_sdk"):
+            out = subprocess.run(["git", "rev-parse", f"HEAD:{folder}"], cwd=REPO, text=True,
+                                 capture_output=True, check=True)
+            parts.append(out.stdout.strip())
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "runtime", "storage",
+                               "application_sdk"], cwd=REPO, capture_output=True, check=True)
+        import hashlib
+
+        parts.append(hashlib.sha1(diff.stdout).hexdigest())
+    return "/".join(parts)
+
+
 def machine_info() -> dict[str, str]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {
