@@ -391,6 +391,7 @@ def whatif(case: str, n: int, kind: str, repeat: int) -> str:
 
 
 def _classify(line: str) -> str | None:
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)  # werkzeug colours 4xx and DELETE lines
     match = re.search(r'"(GET|PUT|POST|DELETE|HEAD) (\S+)', line)
     if not match:
         return None
