@@ -91,7 +91,7 @@ def _driver(case: str, n: int, kind: str, app_name: str, patch_names: list[str])
 
 
 def spy(case: str, n: int, kind: str, rate: int, out: str, app: str = "BenchApp",
-        patches: list[str] | None = None) -> dict[str, Any]:
+        patches: list[str] | None = None, gil: bool = False) -> dict[str, Any]:
     """py-spy (all threads) of the driver during one run; returns the parsed profile."""
     cmd = [sys.executable, "-m", "benchmarks.profiling", "_driver", case, str(n), kind,
            "--app", app, *[f"--patch={p}" for p in patches or ()]]
@@ -107,8 +107,8 @@ def spy(case: str, n: int, kind: str, rate: int, out: str, app: str = "BenchApp"
     pyspy = os.path.join(os.path.dirname(sys.executable), "py-spy")
     spy_proc = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--threads", "--rate",
                                  str(rate), "--format", "raw", "--output", out,
-                                 "--nonblocking"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                 "--nonblocking", *(["--gil"] if gil else [])],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.5)  # py-spy attached
     proc.stdin.write("GO\n")
     proc.stdin.flush()
@@ -545,6 +545,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--rate", type=int, default=250)
     s.add_argument("--out", default=None, help="keep the raw py-spy samples here")
     s.add_argument("--app", default="BenchApp", help="an app of benchmarks/apps.py")
+    s.add_argument("--gil", action="store_true",
+                   help="only samples of the thread holding the GIL (where the CPU goes; "
+                        "without it a thread waiting for the GIL shows where it waits)")
     s.add_argument("--patch", action="append", default=[],
                    help="apply a whatif patch in the profiled driver (repeatable)")
     b = sub.add_parser("breakdown", help="per-task cost, layer by layer (raw Ray to runtime)")
@@ -573,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
         print("$ python -m benchmarks.profiling " + " ".join(sys.argv[1:] if argv is None
                                                               else argv))
         print(report_spy(spy(args.case, args.n, args.store, args.rate, out, args.app,
-                             args.patch), args.rate))
+                             args.patch, args.gil), args.rate))
     elif args.cmd == "breakdown":
         print(breakdown(args.n, args.repeat))
     elif args.cmd == "whatif":
