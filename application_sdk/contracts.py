@@ -144,13 +144,17 @@ def assert_backwards_compatible(old: type[BaseModel], new: type[BaseModel]) -> N
 
 _warned: set[tuple[type, frozenset[str]]] = set()
 _warned_lock = threading.Lock()
+_known_keys: dict[type[BaseModel], frozenset[str]] = {}
 
 
 def _warn_unknown_keys(cls: type[BaseModel], data: Any) -> None:
     if not isinstance(data, dict):
         return
-    known = set(cls.model_fields)
-    known.update(f.alias for f in cls.model_fields.values() if f.alias)
+    known = _known_keys.get(cls)
+    if known is None:
+        fields = cls.model_fields
+        known = _known_keys[cls] = frozenset(
+            [*fields, *(f.alias for f in fields.values() if f.alias)])
     unknown = frozenset(k for k in data if k not in known)
     if not unknown:
         return

@@ -188,35 +188,40 @@ async def _breakdown(n: int, repeat: int) -> dict[str, dict[str, float]]:
     import ray
 
     from runtime._heartbeat import shared_monitor
-    from runtime._worker import RunContext, remote_for
+    from runtime._worker import RunContext, pack_attempt, remote_for
 
     from .apps import BenchApp, Item, raw_noop
 
     @ray.remote(max_retries=0, retry_exceptions=False)
-    def same_args(task_name: str, payload: bytes, run: Any, info: Any) -> bytes:
+    def four_args(task_name: str, payload: bytes, run: Any, info: Any) -> bytes:
         return payload
 
-    got = await shared_monitor()
-    handle, name = got if isinstance(got, tuple) else (got, None)  # before/after 16ba332
+    @ray.remote(max_retries=0, retry_exceptions=False)
+    def one_blob(blob: bytes) -> bytes:
+        return blob[:16]
+
+    _, name = await shared_monitor()
     ctx = RunContext("run-x", "BenchApp", "file:///tmp/unused", None)
-    ctx_args = ctx.as_args() if hasattr(ctx, "as_args") else ctx
+    ctx_args = (ctx.run_id, ctx.app_name, ctx.store_url, ctx.store_options)
+    packed = ctx.packed()
     attempt = remote_for(BenchApp)
     payloads = [msgpack.packb(Item(index=i).model_dump(mode="json")) for i in range(n)]
 
     def info(i: int, mon: Any, hb: tuple[Any, ...]) -> tuple[Any, ...]:
         return (f"work:0123456789abcdef0123:{i}", 1, None, mon, hb)
 
-    current = name if name is not None else handle
     layers: dict[str, Callable[[int], Any]] = {
         "A. raw Ray: noop(i)": lambda i: raw_noop.remote(i),
-        "B. no-op taking the runtime's arguments as sent today (context tuple, monitor name)":
-            lambda i: same_args.remote("work", payloads[i], ctx_args, info(i, current, (10,))),
-        "C. no-op taking the arguments as sent before 16ba332 (RunContext object, ActorHandle)":
-            lambda i: same_args.remote("work", payloads[i], ctx, info(i, handle, (10,))),
+        "B. no-op taking the four arguments sent before 2026-11-28 (name, input, context, info)":
+            lambda i: four_args.remote("work", payloads[i], ctx_args, info(i, name, (10,))),
+        "C. no-op taking the one msgpack blob sent today (`_worker.pack_attempt`)":
+            lambda i: one_blob.remote(pack_attempt("work", payloads[i], packed,
+                                                   info(i, name, (10,)))),
         "D. the runtime's task wrapper (`_worker.execute`), heartbeats off":
-            lambda i: attempt.remote("work", payloads[i], ctx_args, info(i, None, ())),
+            lambda i: attempt.remote(pack_attempt("work", payloads[i], packed, info(i, None, ()))),
         "E. the runtime's task wrapper with the default auto_heartbeat, as dispatched today":
-            lambda i: attempt.remote("work", payloads[i], ctx_args, info(i, current, (10,))),
+            lambda i: attempt.remote(pack_attempt("work", payloads[i], packed,
+                                                  info(i, name, (10,)))),
     }
     for call in layers.values():  # warm-up
         await asyncio.gather(*(call(i) for i in range(min(n, 20))))

@@ -19,7 +19,7 @@ import ray
 from application_sdk.app import App, TaskSpec
 from application_sdk.errors import TaskUnschedulableError
 
-from ._worker import RunContext, remote_for
+from ._worker import RunContext, pack_attempt, remote_for
 
 __all__ = ["Attempt", "RayExecutor"]
 
@@ -41,11 +41,13 @@ class RayExecutor:
     def __init__(self, app_cls: type[App], run: RunContext, monitor: str | None = None) -> None:
         self.app_cls = app_cls
         self.context = run
-        self._context_args = run.as_args()
+        self._packed = run.packed()
+        self._extra = () if self._packed is not None else (run,)
         self.monitor = monitor
         self.running: dict[str, Attempt] = {}
         self._remote = remote_for(app_cls)
         self._by_task: dict[str, Any] = {}
+        self._heartbeats: dict[str, tuple[Any, ...]] = {}
         self._feasible: dict[str, asyncio.Future[None]] = {}
 
     def _remote_for(self, spec: TaskSpec) -> Any:
@@ -57,6 +59,12 @@ class RayExecutor:
         return remote
 
     def _heartbeat_settings(self, spec: TaskSpec) -> tuple[Any, ...]:
+        settings = self._heartbeats.get(spec.name)
+        if settings is None:
+            settings = self._heartbeats[spec.name] = self._compute_heartbeat_settings(spec)
+        return settings
+
+    def _compute_heartbeat_settings(self, spec: TaskSpec) -> tuple[Any, ...]:
         if self.monitor is None:
             return ()
         opts = spec.options
@@ -86,7 +94,8 @@ class RayExecutor:
             raise checked.exception()  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         info = (key, number, details, self.monitor, self._heartbeat_settings(spec))
-        ref = self._remote_for(spec).remote(spec.name, payload, self._context_args, info)
+        blob = pack_attempt(spec.name, payload, self._packed, info)
+        ref = self._remote_for(spec).remote(blob, *self._extra)
         result: asyncio.Future[bytes] = loop.create_future()
         ref.future().add_done_callback(lambda cf: _call_soon(loop, result, cf))
         attempt = Attempt(key, spec.name, number, ref, result, spec.options)

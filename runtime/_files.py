@@ -23,8 +23,10 @@ ship arbitrary files of the worker's host to the store by naming them.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
+import typing
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -87,7 +89,37 @@ def _walk(value: Any, visit: Visit, path: str) -> Any:
     return value
 
 
+_SCALARS = (str, int, float, bool, bytes, type(None))
+_holds: dict[type[BaseModel], bool] = {}
+
+
+def _may_hold(tp: Any) -> bool:
+    """Whether a value of annotation `tp` can contain a FileReference (True when unsure)."""
+    if tp in _SCALARS or tp is Ellipsis:
+        return False
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return False
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return False
+    if origin is not None:  # list[int], dict[str, int], int | None, Annotated[int, ...]
+        args = typing.get_args(tp)
+        if origin is typing.Annotated:
+            args = args[:1]
+        return any(_may_hold(arg) for arg in args)
+    return True  # a model (its instance may be a subclass with more fields), Any, anything else
+
+
+def _model_may_hold(cls: type[BaseModel]) -> bool:
+    holds = _holds.get(cls)
+    if holds is None:
+        holds = _holds[cls] = any(_may_hold(f.annotation) for f in cls.model_fields.values())
+    return holds
+
+
 def _references(value: Any) -> list[FileReference]:
+    if isinstance(value, BaseModel) and not _model_may_hold(type(value)):
+        return []  # only scalars and containers of scalars: nothing to walk (most tasks)
     found: list[FileReference] = []
 
     def collect(ref: FileReference, _path: str) -> FileReference:

@@ -1,8 +1,11 @@
 """The Ray side of a task attempt.
 
 One Ray remote function is made per App class (its closure holds the class), so Ray exports the
-class to each worker once and every call ships only the task name, the input bytes and a small
-info tuple. Each worker process keeps one App instance per class and one event loop.
+class to each worker once. Every call ships one msgpack blob (`pack_attempt`: task name, input
+bytes, the run's context packed once per run, call key, attempt number, heartbeat details and
+settings): one bytes argument costs Ray as little as raw Ray's `noop(i)`, while four Python
+arguments cost 0.1-0.4 ms more per call (benchmarks/PROFILE.md). Each worker process keeps one
+App instance per class and one event loop.
 
 The attempt returns the output as msgpack bytes of `model_dump(mode="json")`: the driver journals
 those bytes as they are, without serializing the output again.
@@ -27,7 +30,9 @@ from storage import Store, open_store
 
 from . import _files
 
-__all__ = ["AttemptInfo", "RunContext", "remote_for", "scratch_root"]
+__all__ = [
+    "AttemptInfo", "RunContext", "pack_attempt", "remote_for", "run_attempt", "scratch_root",
+]
 
 
 @dataclass(frozen=True)
@@ -41,16 +46,22 @@ class RunContext:
     store_options: dict[str, Any] | None = None
     """fsspec options of the store (endpoint, profile); travel in memory only, never stored."""
 
-    def as_args(self) -> tuple[Any, ...]:
-        """Plain values for a task's arguments (msgpack-able: cheaper than a pickled object)."""
-        return (self.run_id, self.app_name, self.store_url, self.store_options)
+    def packed(self) -> bytes | None:
+        """The context as msgpack, packed once per run into every attempt's blob; None when
+        the store options hold something msgpack cannot carry (then the object travels as a
+        second, pickled argument)."""
+        try:
+            return msgpack.packb(
+                [self.run_id, self.app_name, self.store_url, self.store_options],
+                use_bin_type=True)
+        except (TypeError, ValueError):
+            return None
 
     @classmethod
-    def from_args(cls, args: tuple[Any, ...] | list[Any]) -> RunContext:
-        key = (args[0], args[1], args[2], repr(args[3]))
-        context = _contexts.get(key)
+    def unpacked(cls, data: bytes) -> RunContext:
+        context = _contexts.get(data)
         if context is None:
-            context = _contexts[key] = cls(*args)
+            context = _contexts[data] = cls(*msgpack.unpackb(data, raw=False))
         return context
 
     def store(self) -> Store:
@@ -61,12 +72,11 @@ class RunContext:
         return store
 
 
-# (call_key, attempt, heartbeat_details or None, monitor actor name or None, heartbeat settings):
-# a tuple, cheap to serialize per call.
-AttemptInfo = tuple[str, int, dict[str, Any] | None, Any, tuple[Any, ...]]
+# (call_key, attempt, heartbeat_details or None, monitor actor name or None, heartbeat settings)
+AttemptInfo = tuple[str, int, dict[str, Any] | None, Any, tuple[Any, ...] | list[Any]]
 
 _stores: dict[tuple[str, str], Store] = {}
-_contexts: dict[tuple[str, str, str, str], RunContext] = {}
+_contexts: dict[bytes, RunContext] = {}
 
 _instances: dict[type[App], App] = {}
 _loop: asyncio.AbstractEventLoop | None = None
@@ -148,14 +158,26 @@ def execute(
     return data
 
 
+def pack_attempt(task_name: str, payload: bytes, context: bytes | None, info: AttemptInfo) -> bytes:
+    """One attempt's arguments as the single bytes argument of the remote call."""
+    return msgpack.packb([task_name, payload, context, *info], use_bin_type=True)
+
+
+def run_attempt(app_cls: type[App], blob: bytes, run: RunContext | None = None) -> bytes:
+    """The body of the remote function: unpack the blob, then `execute`."""
+    task_name, payload, context, *info = msgpack.unpackb(blob, raw=False)
+    if run is None:
+        run = RunContext.unpacked(context)
+    return execute(app_cls, task_name, payload, run, tuple(info))  # type: ignore[arg-type]
+
+
 def remote_for(app_cls: type[App]) -> Any:
     """The Ray remote function that runs attempts of `app_cls`'s tasks (cached per class)."""
     remote = _remotes.get(app_cls)
     if remote is None:
 
-        def attempt(task_name: str, payload: bytes, run: tuple[Any, ...],
-                    info: AttemptInfo) -> bytes:
-            return execute(app_cls, task_name, payload, RunContext.from_args(run), info)
+        def attempt(blob: bytes, run: RunContext | None = None) -> bytes:
+            return run_attempt(app_cls, blob, run)
 
         attempt.__name__ = attempt.__qualname__ = f"{app_cls.__name__}.task_attempt"
         remote = ray.remote(max_retries=0, retry_exceptions=False)(attempt)
