@@ -352,7 +352,9 @@ MEMORY_VARIANTS = {
     "raw Ray sequential": "raw-seq",
     "runtime sequential": "runtime-seq",
     "runtime resume (replay N)": "runtime-resume",
+    "run() alone (tasks as method calls)": "app-alone",
 }
+APP_ALONE = "run() alone (tasks as method calls)"
 
 
 async def case_memory(ctx: Context) -> Table:
@@ -392,9 +394,19 @@ async def case_memory(ctx: Context) -> Table:
                            f"{growth / 2**20:.1f} MB", f"{per_task:,.0f} B",
                            f"{retained:,.0f} B", fmt_s(_median([r["seconds"] for r in rs]))])
     _figures(m, t)
+    for n in sizes:  # what the runtime adds per recorded task over the app's own run()
+        resume, alone = m.median("runtime resume (replay N)", n), m.median(APP_ALONE, n)
+        if resume is not None and alone is not None:
+            t.figures[f"runtime resume over run() alone@{n}"] = resume - alone
+            t.notes.append(f"N={n}: a resume's peak growth over run() alone: "
+                           f"{resume - alone:,.0f} B per recorded task.")
     _slopes(m, sizes, t)
     _errors_as_notes(m, t)
     t.notes += [
+        f"'{APP_ALONE}' is BenchApp.run() called outside the runtime, its tasks plain method "
+        "calls in the driver: the memory of the app's own inputs, gathered coroutines and "
+        "outputs, which any driver of this run() holds. The runtime's own cost per recorded "
+        "task is the resume row minus this row.",
         "Each figure is its own driver process (`python -m benchmarks._probe`) attached to this "
         f"run's Ray: a {WARMUP_TASKS}-task warm-up run, then baseline RSS, then the peak RSS "
         "(kernel VmHWM reset before the run) during one run of N tasks. peak growth/task = "

@@ -27,7 +27,8 @@ from typing import Any
 
 __all__ = ["VARIANTS", "main"]
 
-VARIANTS = ("raw-fanout", "raw-seq", "runtime-fanout", "runtime-seq", "runtime-resume")
+VARIANTS = ("raw-fanout", "raw-seq", "runtime-fanout", "runtime-seq", "runtime-resume",
+            "app-alone")
 WARMUP_TASKS = 20
 
 
@@ -137,6 +138,15 @@ async def _once(variant: str, n: int, store: str, run_id: str | None) -> Any:
         assert run_id, "runtime-resume needs --run-id of a completed run"
         mark_failed(store, run_id)
         return await _runtime(n, True, store, run_id)
+    if variant == "app-alone":
+        # BenchApp.run() outside the runtime: its tasks are plain method calls in this process.
+        # What the app's own run() holds (its inputs, gathered coroutines, outputs), which
+        # every driver of it holds, whatever runs the tasks.
+        from benchmarks.apps import Batch, BenchApp
+
+        out = await BenchApp().run(Batch(n=n, parallel=True))
+        assert out.count == n, out
+        return out
     raise SystemExit(f"unknown variant {variant!r}; one of {VARIANTS}")
 
 

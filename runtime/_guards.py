@@ -52,12 +52,24 @@ from typing import Any
 from application_sdk import _context
 from application_sdk.errors import NondeterminismError
 
-__all__ = ["ACTIVE", "activate", "enabled", "install", "runtime_code"]
+__all__ = ["ACTIVE", "activate", "enabled", "install", "runtime_code", "runtime_code_sync"]
 
 ACTIVE: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
     "connector_runtime_guards", default=None
 )
 """While run() executes: the module prefixes its code may import (else None)."""
+
+_sync = threading.local()
+"""`off` > 0 while the runtime runs a synchronous stretch of its own code (runtime_code_sync)."""
+
+
+def _active() -> frozenset[str] | None:
+    """What ACTIVE holds, unless the runtime's own synchronous code is running."""
+    allowed = ACTIVE.get()
+    if allowed is not None and getattr(_sync, "off", 0):
+        return None
+    return allowed
+
 
 _real_time = time.time
 _real_sleep = asyncio.sleep
@@ -89,7 +101,7 @@ def _guard_fn(name: str, original: Any, hint: str = "") -> Any:
 
     @functools.wraps(original)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        if ACTIVE.get() is not None:
+        if _active() is not None:
             _refuse(f"{name}()", hint)
         return original(*args, **kwargs)
 
@@ -108,19 +120,19 @@ class _RealInstanceCheck(type):
 class GuardedDatetime(_dt.datetime, metaclass=_RealInstanceCheck):
     @classmethod
     def now(cls, tz: Any = None) -> _dt.datetime:
-        if ACTIVE.get() is not None:
+        if _active() is not None:
             _refuse("datetime.now()", _HINTS["now"])
         return _dt.datetime.now(tz)
 
     @classmethod
     def utcnow(cls) -> _dt.datetime:
-        if ACTIVE.get() is not None:
+        if _active() is not None:
             _refuse("datetime.utcnow()", _HINTS["now"])
         return _dt.datetime.utcnow()
 
     @classmethod
     def today(cls) -> _dt.datetime:
-        if ACTIVE.get() is not None:
+        if _active() is not None:
             _refuse("datetime.today()", _HINTS["now"])
         return _dt.datetime.today()
 
@@ -128,7 +140,7 @@ class GuardedDatetime(_dt.datetime, metaclass=_RealInstanceCheck):
 class GuardedDate(_dt.date, metaclass=_RealInstanceCheck):
     @classmethod
     def today(cls) -> _dt.date:
-        if ACTIVE.get() is not None:
+        if _active() is not None:
             _refuse("date.today()", _HINTS["now"])
         return _dt.date.today()
 
@@ -173,7 +185,7 @@ def _patch_init(cls: type, call: str) -> None:
 
     @functools.wraps(original)
     def guarded_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        if ACTIVE.get() is not None:
+        if _active() is not None:
             _refuse(call)
         original(self, *args, **kwargs)
 
@@ -188,7 +200,7 @@ def _patch_thread_start() -> None:
 
     @functools.wraps(original)
     def guarded_start(self: threading.Thread) -> None:
-        if ACTIVE.get() is not None:
+        if _active() is not None:
             _refuse("starting a thread")
         original(self)
 
@@ -204,7 +216,7 @@ def _patch_import() -> None:
     @functools.wraps(original)
     def guarded_import(name: str, globals: Any = None, locals: Any = None,
                        fromlist: Any = (), level: int = 0) -> Any:
-        allowed = ACTIVE.get()
+        allowed = _active()
         if allowed is not None and level == 0 and globals is not None:
             importer = globals.get("__name__", "")
             if _is_allowed(importer, allowed) and not _is_allowed(name, allowed):
@@ -234,7 +246,7 @@ def _patch_sleep() -> None:
     @functools.wraps(_real_sleep)
     async def durable_sleep(delay: float, result: Any = None) -> Any:
         orchestrator = _context.orchestrator.get()
-        if ACTIVE.get() is None or orchestrator is None or delay <= 0:
+        if _active() is None or orchestrator is None or delay <= 0:
             return await _real_sleep(delay, result)
         with runtime_code():
             wake = orchestrator.recorded_value("sleep", lambda: _real_time() + delay)
@@ -292,8 +304,24 @@ def activate(ctx: contextvars.Context, app_cls: type) -> None:
 
 
 @contextlib.contextmanager
+def runtime_code_sync() -> Iterator[None]:
+    """Guards off for a synchronous stretch of the runtime's code (no await inside it).
+
+    A thread-local flag, so the context is left untouched: each task of an
+    `asyncio.gather` has a context of its own, and setting a contextvar in it (as
+    `runtime_code` does) gives that task a private copy of the context's mapping, about
+    150 bytes per gathered call kept until the gather ends.
+    """
+    _sync.off = getattr(_sync, "off", 0) + 1
+    try:
+        yield
+    finally:
+        _sync.off -= 1
+
+
+@contextlib.contextmanager
 def runtime_code() -> Iterator[None]:
-    """The runtime's own work, called from run()'s context: guards off."""
+    """The runtime's own work, called from run()'s context: guards off (may span awaits)."""
     token = ACTIVE.set(None)
     try:
         yield

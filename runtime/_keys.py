@@ -30,10 +30,10 @@ class CallKeys:
     """Hands out keys in call order; one instance per execution of run()."""
 
     def __init__(self) -> None:
-        self._seen: Counter[tuple[str, str]] = Counter()
+        self._seen: Counter[str] = Counter()
 
     def next(self, prefix: str, name: str, input_digest: str) -> str:
-        pair = (prefix + name, input_digest)
-        n = self._seen[pair]
-        self._seen[pair] = n + 1
-        return f"{prefix}{name}:{input_digest}:{n}"
+        base = f"{prefix}{name}:{input_digest}"  # one string per distinct call, not a tuple
+        n = self._seen[base]
+        self._seen[base] = n + 1
+        return f"{base}:{n}"

@@ -54,13 +54,19 @@ class _ReplaySteps:
         self.report = report
         self.failures: list[Any] = []
 
-    async def invoke(self, spec: TaskSpec, key: str, inp: Input, payload: bytes) -> Output:
+    def recorded(self, spec: TaskSpec, key: str) -> Output | None:
         record = self.index.tasks.get(key)
         if record is None:
-            self.report.first_unrecorded = f"{spec.name} ({key})"
-            raise _Unrecorded(key)
+            return None
         self.report.replayed += 1
         return decode_output(spec, record["o"], replay=True)
+
+    async def invoke(self, spec: TaskSpec, key: str, inp: Input, payload: bytes) -> Output:
+        recorded = self.recorded(spec, key)
+        if recorded is None:
+            self.report.first_unrecorded = f"{spec.name} ({key})"
+            raise _Unrecorded(key)
+        return recorded
 
 
 class _NullCommitter:

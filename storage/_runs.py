@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import re
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -78,16 +79,19 @@ class RunRecord(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-class JournalLoad(BaseModel):
+@dataclass
+class JournalLoad:
+    """What `load_journal` read. A dataclass, not a model: validating would copy every record."""
+
     records: list[dict[str, Any]]
     segments: int
     corrupt: list[str]
     """Keys of segments that failed their checksum and were ignored."""
     next_seq: dict[int, int]
     """Per epoch, the next free segment sequence number."""
-    keys: list[str] = []
+    keys: list[str] = field(default_factory=list)
     """The segments the records came from (not those a compaction replaced)."""
-    covered: list[str] = []
+    covered: list[str] = field(default_factory=list)
     """Segments a compaction replaced that are still there (a crash before their deletion)."""
 
 

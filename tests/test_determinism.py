@@ -56,6 +56,18 @@ def test_guarded_call_in_run_fails_before_any_dispatch(ray_session, tmp_path, fi
         "cleanup_files", "cleanup_storage"]  # on_complete is not guarded
 
 
+@pytest.mark.parametrize("call", ["time.time", "datetime.now"])
+def test_guards_still_hold_after_replayed_task_calls(ray_session, tmp_path, file_store, call):
+    # a replayed call turns the guards off while the runtime decodes its recorded output;
+    # run() must be guarded again right after, on the first run and on every resume
+    inp = {"name": f"after-tasks:{call}", "folder": str(tmp_path)}
+    for _ in range(2):
+        with pytest.raises(RunFailedError) as info:
+            run_app(d.GuardedApp, inp, run_id="after", store=file_store)
+        assert isinstance(info.value.__cause__, NondeterminismError)
+    assert (tmp_path / "probe").read_text().count("ran") == 3  # the resume replayed all three
+
+
 @pytest.mark.parametrize("call", GUARDED)
 def test_the_same_calls_work_inside_a_task(ray_session, tmp_path, file_store, call):
     out = run_app(d.GuardedApp, {"name": f"task:{call}", "folder": str(tmp_path)},
