@@ -161,7 +161,7 @@ def after_task(out: Output, run: RunContext, info: TaskInfo) -> Output:
         key = (f"{tier_prefix(ref.tier, run.app_name, run.run_id)}/{call}/"
                f"a{info.attempt}-{token}/{field}/{name}")
         stored = persist(store, real, key, known_size=ref.size_bytes,
-                         known_sha256=ref.sha256)
+                         known_sha256=ref.sha256, stamp_dir=cache_dir(run))
         return ref.model_copy(update={
             "storage_path": stored.storage_path,
             "is_durable": True,

@@ -34,6 +34,8 @@ import pyarrow.parquet as pq
 from application_sdk import _context
 from application_sdk.contracts import FileReference, StorageTier
 
+from ._files import note_hashed
+
 __all__ = [
     "iter_batches",
     "local_path",
@@ -192,6 +194,7 @@ def write_batches(
     finally:
         sink.close()
     size, sha = sink.result()
+    note_hashed(path, size, sha)
     return _reference(path, format, size, sha, tier)
 
 

@@ -128,10 +128,54 @@ def test_trusted_writer_hash_is_still_verified_on_read(tmp_path):
     """A wrong hash handed to persist (file changed after writing) cannot become wrong data."""
     store = open_store(str(tmp_path / "store"))
     src = make_file(tmp_path / "s" / "f.bin", 1000)
+    cache = str(tmp_path / "cache")
     stored = sf.persist(store, src, "runs/A/r/files/f.bin", known_size=1000,
-                        known_sha256="0" * 64)
+                        known_sha256="0" * 64, stamp_dir=cache)
+    assert not os.path.exists(sf.stamp_path(cache, stored.storage_path, stored.sha256))
     with pytest.raises(StorageIntegrityError, match="does not match"):
-        sf.materialize(store, durable(stored), str(tmp_path / "cache"))
+        sf.materialize(store, durable(stored), cache)
+
+
+def _hand_off_on_one_node(tmp_path, monkeypatch):
+    """An Arrow file written (and hashed) by the writer, persisted to a file:// store with a
+    stamp in the node cache; returns (store, reference, cache, hash calls made after that)."""
+    store = open_store(str(tmp_path / "store"))
+    table = pa.table({"x": list(range(50_000))})
+    ref = arrow.write_table(table, format="arrow", directory=str(tmp_path / "scratch"))
+    cache = str(tmp_path / "cache")
+    stored = sf.persist(store, ref.local_path, "runs/A/r/files/k/a1/data/t.arrow",
+                        known_size=ref.size_bytes, known_sha256=ref.sha256, stamp_dir=cache)
+    assert stored.sha256 == ref.sha256 == hashlib.sha256(
+        open(ref.local_path, "rb").read()).hexdigest()
+    calls = []
+    real = sf.file_sha256
+    monkeypatch.setattr(sf, "file_sha256", lambda path: calls.append(path) or real(path))
+    return store, durable(stored), cache, calls
+
+
+def test_same_node_hand_off_hashes_the_bytes_once(tmp_path, monkeypatch):
+    store, ref, cache, calls = _hand_off_on_one_node(tmp_path, monkeypatch)
+    assert os.path.exists(sf.stamp_path(cache, ref.storage_path, ref.sha256))
+    path = sf.materialize(store, ref, cache)
+    assert calls == []  # the writer's hash vouches for these bytes: no second pass
+    assert pa.ipc.open_file(path).read_all()["x"].to_pylist() == list(range(50_000))
+    other = str(tmp_path / "other-node-cache")  # no stamp there: hash-checked
+    sf.materialize(store, ref, other)
+    assert len(calls) == 1
+
+
+def test_in_place_change_after_the_stamp_is_still_caught(tmp_path, monkeypatch):
+    store, ref, cache, calls = _hand_off_on_one_node(tmp_path, monkeypatch)
+    path = store.path(ref.storage_path)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as fh:  # same inode, same size, right away
+        fh.seek(200)
+        byte = fh.read(1)
+        fh.seek(200)
+        fh.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(StorageIntegrityError, match="does not match its reference"):
+        sf.materialize(store, ref, cache)
+    assert calls  # the stamp no longer matched, so the bytes were hashed
 
 
 @pytest.mark.parametrize("kind", ["file", "s3"])
