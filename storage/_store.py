@@ -285,6 +285,14 @@ class S3Store(Store):
             data = _sync_read(self.fs, body)
             return data, resp["ETag"]
 
+    def delete(self, keys: list[str]) -> None:
+        """Many keys at once: DeleteObjects, 1,000 keys a request (a compaction deletes the
+        segments it replaced; one DELETE each cost 0.4 s of a 300-task run on moto)."""
+        if len(keys) < 2 or any(c in k for k in keys for c in "*?["):  # no glob expansion
+            return super().delete(keys)
+        with _translated(self, keys[0]), contextlib.suppress(FileNotFoundError):
+            self.fs.rm([self.path(k) for k in keys])
+
     def replace_if(self, key: str, data: bytes, token: Any) -> bool:
         if token is None:
             return self.create(key, data)

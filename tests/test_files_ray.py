@@ -245,3 +245,32 @@ def test_reference_made_on_one_node_is_read_on_another_over_s3(s3_url, tmp_path)
     assert not [k for k in result["store_keys"] if "/files/" in k]
     for scratch in (scratch_a, scratch_b):  # scratch cleanup reached both nodes
         assert not os.path.exists(os.path.join(scratch, "TwoNodeApp", "nodes"))
+
+
+def _cleanup_record(store, app: str, run_id: str) -> dict:
+    records = RunStore(store, app, run_id).load_journal().records
+    return next(r for r in records if r.get("y") == "t" and r["n"] == "cleanup_storage")
+
+
+def test_cleanup_storage_with_nothing_to_delete_is_answered_by_the_driver(
+        ray_session, file_store, tmp_path):
+    from .apps.counting import BatchInput, CountingApp
+
+    run_app(CountingApp, BatchInput(count_file=str(tmp_path / "c"), n=2), run_id="nofiles",
+            store=file_store)
+    record = _cleanup_record(open_store(file_store), "CountingApp", "nofiles")
+    assert record["a"] == 0  # recorded, never dispatched to Ray
+
+
+def test_cleanup_storage_still_runs_for_unrecorded_objects_in_the_prefix(
+        ray_session, file_store, tmp_path):
+    # an attempt that uploaded its output and then failed leaves objects no record names
+    from .apps.counting import BatchInput, CountingApp
+
+    store = open_store(file_store)
+    orphan = "runs/CountingApp/orphans/files/work_x/a1-dead/data/part.arrow"
+    store.write(orphan, b"left by a failed attempt")
+    run_app(CountingApp, BatchInput(count_file=str(tmp_path / "c"), n=2), run_id="orphans",
+            store=file_store)
+    record = _cleanup_record(store, "CountingApp", "orphans")
+    assert record["a"] == 1 and store.read(orphan) is None

@@ -81,6 +81,8 @@ def test_list_read_many_delete(store):
     assert got == {"l/00": b"\x00", "l/03": b"\x03"}
     store.delete(["l/00", "l/missing"])
     assert store.list("l") == [f"l/{i:02d}" for i in range(1, 5)]
+    store.delete(["l/01", "l/03", "l/gone"])  # many at once (one request on S3)
+    assert store.list("l") == ["l/02", "l/04"] and store.read("l/03") is None
     store.delete_prefix("l")
     assert store.list("l") == [] and store.read("other/x") == b"x"
 
