@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import threading
 import uuid
@@ -338,6 +339,45 @@ def _sync_read(fs: Any, body: Any) -> bytes:
 
 _BACKENDS: dict[str, type[Store]] = {"file": LocalStore, "memory": MemoryStore, "s3": S3Store}
 
+_AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CA_BUNDLE")
+_s3_filesystems: dict[str, Any] = {}
+_s3_lock = threading.Lock()
+
+
+def _s3_filesystem(opts: dict[str, Any]) -> Any:
+    """An S3 filesystem for `opts`, reused within this process while the credentials it would
+    resolve stay the same.
+
+    Making one (an aiobotocore client: credential chain, endpoint and service model) costs
+    about 0.2 s, which every `run_app(store="s3://...")` paid. fsspec's own instance cache is
+    off on purpose: it would keep a client with stale credentials after a user fixed them
+    (the "fix a credential, resume" case). Here the key is a digest of the options, the AWS_*
+    environment and the AWS config and credentials files' size and mtime: any change gives a
+    new client. Only the digest is kept as a key; secrets are never stored in plain text.
+    """
+    h = hashlib.blake2b(digest_size=20)
+    h.update(repr(sorted(opts.items())).encode())
+    for name in _AWS_ENV:
+        h.update(f"\0{name}={os.environ.get(name, '')}".encode())
+    for path in (os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials",
+                 os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config"):
+        try:
+            st = os.stat(os.path.expanduser(path))
+            h.update(f"\0{st.st_mtime_ns}:{st.st_size}".encode())
+        except OSError:
+            h.update(b"\0-")
+    key = h.hexdigest()
+    with _s3_lock:
+        fs = _s3_filesystems.get(key)
+        if fs is None:
+            if len(_s3_filesystems) >= 16:
+                _s3_filesystems.clear()
+            fs = _s3_filesystems[key] = fsspec.filesystem("s3", **opts)
+    return fs
+
 
 def open_store(url: str | None = None, options: dict[str, Any] | None = None) -> Store:
     """Open the store at `url` (default: `.connector-runtime` under the working directory).
@@ -373,7 +413,7 @@ def open_store(url: str | None = None, options: dict[str, Any] | None = None) ->
     cls = _BACKENDS.get(protocol, Store)
     user_options = dict(options or {})
     try:
-        fs = fsspec.filesystem(protocol, **opts)
+        fs = _s3_filesystem(opts) if protocol == "s3" else fsspec.filesystem(protocol, **opts)
     except (ImportError, ValueError, TypeError) as exc:
         raise StoreError(f"cannot open store {url}: {exc}") from exc
     if protocol == "file":

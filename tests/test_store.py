@@ -195,3 +195,17 @@ def test_compaction_replaces_segments_and_survives_a_crash_before_deletes(store)
     final = runs.load_journal()
     assert [r["k"] for r in final.records] == expected
     assert final.segments == 1 and final.covered == []
+
+
+def test_s3_client_is_reused_until_the_credentials_change(s3_url, monkeypatch):
+    # a client costs ~0.2 s to make; reusing it must not keep credentials a user has fixed
+    from storage import _store
+
+    first = open_store(s3_url)
+    assert open_store(s3_url).fs is first.fs
+    first.write("creds/probe", b"1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fixed-secret-value")
+    fixed = open_store(s3_url)
+    assert fixed.fs is not first.fs  # a fresh client resolves the new credentials
+    assert fixed.read("creds/probe") == b"1"
+    assert not any("fixed-secret-value" in key for key in _store._s3_filesystems)
