@@ -32,10 +32,13 @@ Verified stamps (one SHA-256 pass per hand-off on one node, not two). SHA-256 ru
 persisted a file to a `file://` store by hard link, and the file's SHA-256 was computed in this
 process from those very bytes (`note_hashed`, called by the `storage.arrow` writers, or the hash
 `persist` computes), `persist` leaves a stamp in the run's node cache: the inode (device, number),
-size and mtime the hash is for. `materialize` on this node trusts an object whose store file still
-has that stamp and skips the re-hash; any write to the file moves its mtime, so a changed or
-flipped byte is still caught. Other nodes, S3, directories, copies and stores without a stamp
-are always hash-checked.
+size, mtime and ctime of the stored file. `materialize` on this node trusts an object whose store
+file still has that stamp and skips the re-hash; any write to the file moves its mtime and ctime
+(a chmod or a new link its ctime), so a changed or flipped byte is still caught. Other nodes, S3,
+directories, copies and stores without a stamp are always hash-checked. Caveat: on a kernel
+without fine-grained timestamps, a write landing in the same clock tick as the stat that took
+the stamp, and keeping the size, would go unnoticed (Linux 6.13+ gives a file whose timestamps
+were just read a fine-grained one on its next change).
 
 Rejected: reading Parquet/Arrow straight from S3 with pyarrow's S3 filesystem. It skips the
 hash check (or needs a second full read to do it), and a dataset read by several tasks on one
