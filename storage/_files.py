@@ -67,7 +67,7 @@ from application_sdk.contracts import FileReference, StorageTier
 from application_sdk.errors import NonRetryableError, StorageIntegrityError
 
 from ._errors import StoreError
-from ._store import Store, safe_key
+from ._store import Store, _s3_filesystem, safe_key
 
 __all__ = [
     "MANIFEST_SUFFIX",
@@ -230,37 +230,28 @@ def _hash_many(paths: list[str]) -> list[tuple[int, str]]:
 
 # ---- S3 transfers ----------------------------------------------------------------------------
 
-_transfer: dict[int, Any] = {}
-_transfer_lock = threading.Lock()
-
-
 def transfer_fs(store: Store) -> Any:
     """The filesystem for large transfers: the store's own, except on S3.
 
     On S3 a second `S3FileSystem` is opened from the store's options with defaults for big
     objects: `config_kwargs={"retries": {"max_attempts": 10, "mode": "adaptive"}}` (botocore
     retries throttling, 5xx and connection errors with backoff), `default_block_size` 16 MiB,
-    `max_concurrency` 4. Options given to the store win over these defaults.
+    `max_concurrency` 4. Options given to the store win over these defaults. It is reused like
+    the store's own client (`_store._s3_filesystem`: same options and credentials sources).
     """
     if store.protocol != "s3":
         return store.fs
-    with _transfer_lock:
-        fs = _transfer.get(id(store))
-        if fs is None:
-            import fsspec
-
-            opts = dict(store.options)
-            config = dict(opts.get("config_kwargs") or {})
-            config.setdefault("retries", dict(S3_RETRIES))
-            opts["config_kwargs"] = config
-            opts.setdefault("default_block_size", S3_PART_SIZE)
-            opts.setdefault("max_concurrency", S3_CONCURRENCY)
-            opts.setdefault("skip_instance_cache", True)
-            opts.setdefault("use_listings_cache", False)
-            fs = fsspec.filesystem("s3", **opts)
-            fs.retries = max(getattr(fs, "retries", 5), 10)  # s3fs's own SlowDown/IO retries
-            _transfer[id(store)] = fs
-        return fs
+    opts = dict(store.options)
+    config = dict(opts.get("config_kwargs") or {})
+    config.setdefault("retries", dict(S3_RETRIES))
+    opts["config_kwargs"] = config
+    opts.setdefault("default_block_size", S3_PART_SIZE)
+    opts.setdefault("max_concurrency", S3_CONCURRENCY)
+    opts.setdefault("skip_instance_cache", True)
+    opts.setdefault("use_listings_cache", False)
+    fs = _s3_filesystem(opts)
+    fs.retries = max(getattr(fs, "retries", 5), 10)  # s3fs's own SlowDown/IO retries
+    return fs
 
 
 # ---- persist ---------------------------------------------------------------------------------
