@@ -54,6 +54,7 @@ __all__ = [
     "TaskSpec",
     "TaskTimeoutError",
     "WorkerLostError",
+    "current_task_info",
     "entrypoint",
     "now",
     "random",
@@ -503,6 +504,13 @@ def _collect_entrypoints(cls: type[App]) -> dict[str, EntrypointSpec]:
         return {}
     in_t, out_t = _check_signature(cls.__qualname__, cls.run, "run()")
     return {"run": EntrypointSpec("run", "run", True, in_t, out_t)}
+
+
+def current_task_info() -> _context.TaskInfo | None:
+    """Facts about the task attempt running in this context (run id, call key, attempt,
+    scratch dir), or None outside a task. For libraries used inside tasks; an App method uses
+    `self.task_info`."""
+    return _context.task_info.get()
 
 
 # ---- deterministic helpers for run() ---------------------------------------------------------

@@ -82,6 +82,6 @@ def replay(app_cls: type[App], run_id: str, store: Any = None) -> Any:
 
     Returns a report: `replayed`, `first_unrecorded`, `not_requested`, `error`, `divergent`.
     """
-    from runtime._replay import replay_run  # the engine, loaded only when replaying
+    from runtime.driver import replay_run  # the engine, loaded only when replaying
 
     return replay_run(app_cls, run_id, store)

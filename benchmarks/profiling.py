@@ -187,8 +187,9 @@ async def _breakdown(n: int, repeat: int) -> dict[str, dict[str, float]]:
     import msgpack
     import ray
 
-    from runtime._heartbeat import shared_monitor
-    from runtime._worker import RunContext, pack_attempt, remote_for
+    from runtime._runcontext import RunContext
+    from runtime.dispatch import shared_monitor
+    from runtime.worker import pack_attempt, remote_for
 
     from .apps import BenchApp, Item, raw_noop
 
@@ -254,7 +255,7 @@ def breakdown(n: int, repeat: int) -> str:
 
 def _patches() -> dict[str, Callable[[], Callable[[], None]]]:
     """name -> install(); install returns undo(). Each stands for a proposed change."""
-    import runtime._journal as jr
+    import runtime.driver._journal as jr
     from storage import _store
 
     def bulk_delete() -> Callable[[], None]:
@@ -465,7 +466,7 @@ def memory(n: int, top: int = 15) -> str:
     alive when the last recorded task is replayed (all n gathered calls exist then)."""
     import tracemalloc
 
-    import runtime._step as step
+    import runtime.driver._step as step
 
     from ._probe import mark_failed
     from .apps import BenchApp

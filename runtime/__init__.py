@@ -6,8 +6,8 @@ The public surface is small on purpose; the engine lives in private modules.
 from application_sdk.errors import RunCancelledError, RunFailedError
 from storage import LeaseHeldError, RunRecord, RunStatus
 
-from ._driver import run_app, run_app_async
 from ._errors import InputValidationError, RunConflictError, UsageError
+from .driver import run_app, run_app_async
 
 __all__ = [
     "InputValidationError",

@@ -5,6 +5,16 @@ Knows nothing of Ray; uses only `application_sdk.contracts` from the rest of the
 
 from ._codec import decode, encode
 from ._errors import CorruptRecordError, LeaseHeldError, LeaseLostError, StoreError
+from ._files import (
+    PathRefusedError,
+    StoredObject,
+    check_inside,
+    delete_local,
+    delete_store_prefix,
+    materialize,
+    persist,
+    tier_prefix,
+)
 from ._lease import Lease, LeaseInfo
 from ._runs import JournalLoad, RunRecord, RunStatus, RunStore, find_runs, list_runs
 from ._store import DEFAULT_STORE_DIR, Store, open_store, safe_key
@@ -17,15 +27,23 @@ __all__ = [
     "LeaseHeldError",
     "LeaseInfo",
     "LeaseLostError",
+    "PathRefusedError",
     "RunRecord",
     "RunStatus",
     "RunStore",
     "Store",
     "StoreError",
+    "StoredObject",
+    "check_inside",
     "decode",
+    "delete_local",
+    "delete_store_prefix",
     "encode",
     "find_runs",
     "list_runs",
+    "materialize",
     "open_store",
+    "persist",
     "safe_key",
+    "tier_prefix",
 ]

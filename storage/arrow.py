@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from application_sdk import _context
+from application_sdk.app import current_task_info
 from application_sdk.contracts import FileReference, StorageTier
 
 from ._files import note_hashed
@@ -49,7 +49,7 @@ _EXT = {"parquet": ".parquet", "arrow": ".arrow"}
 
 def _scratch(directory: str | None) -> str:
     if directory is None:
-        info = _context.task_info.get()
+        info = current_task_info()
         if info is None:
             raise RuntimeError(
                 "storage.arrow writers default to the task's scratch directory, and this is "

@@ -20,9 +20,9 @@ import pytest
 from application_sdk import _context
 from application_sdk.contracts import FileReference, MaxItems, Output, StorageTier
 from application_sdk.errors import StorageIntegrityError
-from runtime import _files as rfiles
-from runtime._cli import main as cli_main
-from runtime._worker import RunContext
+from runtime._runcontext import RunContext
+from runtime.cli import main as cli_main
+from runtime.worker import _files as rfiles
 from storage import RunRecord, RunStatus, RunStore, StoreError, arrow, open_store
 from storage import _files as sf
 

@@ -17,9 +17,8 @@ import pytest
 
 from application_sdk.errors import StorageIntegrityError
 from runtime import RunFailedError, run_app
-from runtime._worker import scratch_root
-from storage import RunStatus, RunStore, open_store
-from storage._files import PathRefusedError
+from runtime._runcontext import scratch_root
+from storage import PathRefusedError, RunStatus, RunStore, open_store
 
 from .apps.files_apps import ChainApp, ChainInput, EscapeApp, gen_batch
 from .conftest import REPO

@@ -10,10 +10,16 @@ from ray import exceptions as rx
 from application_sdk.app import App, RetryPolicy, TaskOptions, task
 from application_sdk.contracts import Input, Output
 from application_sdk.errors import NonRetryableError, TaskTimeoutError
-from runtime._failures import FailureKind, classify, decide
-from runtime._journal import GroupCommitter, JournalIndex
-from runtime._keys import CallKeys, canonical_json, digest
-from runtime._step import Budget, StepRunner
+from runtime.dispatch import FailureKind, classify, decide
+from runtime.driver import (
+    Budget,
+    CallKeys,
+    GroupCommitter,
+    JournalIndex,
+    StepRunner,
+    canonical_json,
+    digest,
+)
 from storage import Lease, RunStore, open_store
 
 

@@ -7,7 +7,7 @@ import re
 
 import pyarrow.parquet as pq
 
-from runtime._progress import ProgressDisplay
+from runtime.cli._progress import ProgressDisplay
 
 
 def test_demo_end_to_end(cli, tmp_path):

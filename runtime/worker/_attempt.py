@@ -14,10 +14,6 @@ those bytes as they are, without serializing the output again.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import tempfile
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -26,74 +22,20 @@ import ray
 from application_sdk import _context
 from application_sdk.app import App
 from application_sdk.errors import NonRetryableError, PayloadTooLargeError
-from storage import Store, open_store
 
+from .._runcontext import RunContext, scratch_dir
 from . import _files
+from ._taskruntime import WorkerTaskRuntime
 
-__all__ = [
-    "AttemptInfo", "RunContext", "pack_attempt", "remote_for", "run_attempt", "scratch_root",
-]
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What every attempt of a run shares."""
-
-    run_id: str
-    app_name: str
-    store_url: str
-    """Where the run's store is (never carries credentials)."""
-    store_options: dict[str, Any] | None = None
-    """fsspec options of the store (endpoint, profile); travel in memory only, never stored."""
-
-    def packed(self) -> bytes | None:
-        """The context as msgpack, packed once per run into every attempt's blob; None when
-        the store options hold something msgpack cannot carry (then the object travels as a
-        second, pickled argument)."""
-        try:
-            return msgpack.packb(
-                [self.run_id, self.app_name, self.store_url, self.store_options],
-                use_bin_type=True)
-        except (TypeError, ValueError):
-            return None
-
-    @classmethod
-    def unpacked(cls, data: bytes) -> RunContext:
-        context = _contexts.get(data)
-        if context is None:
-            context = _contexts[data] = cls(*msgpack.unpackb(data, raw=False))
-        return context
-
-    def store(self) -> Store:
-        key = (self.store_url, repr(sorted((self.store_options or {}).items())))
-        store = _stores.get(key)
-        if store is None:
-            store = _stores[key] = open_store(self.store_url, self.store_options)
-        return store
+__all__ = ["AttemptInfo", "pack_attempt", "remote_for", "run_attempt"]
 
 
 # (call_key, attempt, heartbeat_details or None, monitor actor name or None, heartbeat settings)
 AttemptInfo = tuple[str, int, dict[str, Any] | None, Any, tuple[Any, ...] | list[Any]]
 
-_stores: dict[tuple[str, str], Store] = {}
-_contexts: dict[bytes, RunContext] = {}
-
 _instances: dict[type[App], App] = {}
 _loop: asyncio.AbstractEventLoop | None = None
 _remotes: dict[type[App], Any] = {}
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def scratch_root() -> str:
-    """The folder under which every attempt's scratch directory lives on this node."""
-    return os.environ.get("CONNECTOR_RUNTIME_SCRATCH") or os.path.join(
-        tempfile.gettempdir(), "connector-runtime", "scratch"
-    )
-
-
-def scratch_dir(app_name: str, run_id: str, call_key: str, attempt: int) -> str:
-    safe_key = _UNSAFE.sub("_", call_key)
-    return os.path.join(scratch_root(), app_name, run_id, safe_key, f"attempt-{attempt}")
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -114,8 +56,6 @@ def execute(
     app_cls: type[App], task_name: str, payload: bytes, run: RunContext, info: AttemptInfo,
 ) -> bytes:
     """Run one attempt of `task_name` in this worker process; returns msgpack output bytes."""
-    from ._taskruntime import WorkerTaskRuntime
-
     run_id, app_name = run.run_id, run.app_name
     call_key, attempt, details, monitor, hb = info
     spec = app_cls._tasks[task_name]

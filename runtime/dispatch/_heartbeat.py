@@ -21,16 +21,16 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import ray
 
 from application_sdk.errors import HeartbeatTimeoutError
 
-from ._executor import RayExecutor
-from ._journal import GroupCommitter, JournalIndex
+from .._runcontext import NAMESPACE
 
-__all__ = ["HeartbeatMonitor", "HeartbeatWatch", "shared_monitor"]
+__all__ = ["Attempts", "HeartbeatMonitor", "HeartbeatWatch", "shared_monitor"]
 
 log = logging.getLogger("connector_runtime")
 
@@ -71,7 +71,17 @@ class HeartbeatMonitor:
 
 
 _monitors: dict[str, tuple[Any, str]] = {}
-NAMESPACE = "connector_runtime"
+
+
+class Attempts(Protocol):
+    """What the watch needs of the dispatcher: the attempts in flight, and a kill switch."""
+
+    @property
+    def running(self) -> Mapping[str, Any]:
+        """Call key -> attempt in flight (with `number`, `task` and `options`)."""
+        ...
+
+    def kill(self, key: str, error: BaseException) -> None: ...
 
 
 async def shared_monitor() -> tuple[Any, str]:
@@ -98,16 +108,15 @@ class HeartbeatWatch:
         self,
         monitor: Any,
         run_id: str,
-        executor: RayExecutor,
-        index: JournalIndex,
-        committer: GroupCommitter,
+        executor: Attempts,
+        on_details: Callable[[str, Any], None],
         period: float = 1.0,
     ) -> None:
         self.monitor = monitor
         self.run_id = run_id
         self.executor = executor
-        self.index = index
-        self.committer = committer
+        self.on_details = on_details
+        """Called with (call key, details) when an attempt's heartbeat details changed."""
         self.period = period
         self.stalled: dict[str, float] = {}
         """Call keys whose heartbeat details have not changed for max_no_progress_seconds."""
@@ -134,7 +143,7 @@ class HeartbeatWatch:
         gone = [key for key in beats if key not in running]
         for key, (attempt, last, details, changed_at, version) in beats.items():
             if details is not None and self._versions.get(key) != version:
-                self.record_details(key, details)
+                self.on_details(key, details)
                 self._versions[key] = version
             current = running.get(key)
             if current is None or current.number != attempt:
@@ -164,13 +173,6 @@ class HeartbeatWatch:
         else:
             self.stalled.pop(key, None)
 
-    def record_details(self, key: str, details: Any) -> None:
-        if self.index.details.get(key) == details:
-            return
-        record = {"y": "h", "k": key, "d": details}
-        self.index.apply(record)
-        self.committer.append(record)
-
     async def latest_details(self, key: str) -> None:
         """Fetch the last details of a failed attempt before its retry is dispatched."""
         try:
@@ -178,4 +180,4 @@ class HeartbeatWatch:
         except Exception:
             return
         if details is not None:
-            self.record_details(key, details)
+            self.on_details(key, details)

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from storage import RunStatus, Store, list_runs
-from storage._files import delete_store_prefix
+from storage import RunStatus, Store, delete_store_prefix, list_runs
 
 __all__ = ["GcItem", "collect", "parse_age", "plan"]
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import logging
 import os
 
-from storage import RunStore
-from storage._files import PathRefusedError, delete_local, delete_store_prefix, tier_prefix
+from storage import PathRefusedError, RunStore, delete_local, delete_store_prefix, tier_prefix
 
-from ._worker import RunContext, scratch_root
+from .._runcontext import RunContext, scratch_root
 
 __all__ = ["cleanup_scratch", "cleanup_transient", "delete_run_scratch"]
 

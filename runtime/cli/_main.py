@@ -22,7 +22,7 @@ from application_sdk.app import App
 from application_sdk.errors import DefinitionError, RunCancelledError, RunFailedError
 from storage import LeaseHeldError, RunStatus, Store, StoreError, find_runs, list_runs, open_store
 
-from ._errors import UsageError
+from .._errors import UsageError
 
 __all__ = ["main"]
 
@@ -105,8 +105,8 @@ def _print_output(output: Any) -> None:
 
 def _execute(app_cls: type[App], payload: Any, args: argparse.Namespace, store: Store,
              run_id: str | None, entrypoint: str | None) -> int:
-    from ._driver import new_run_id, run_app_async
-    from ._ray import after_init
+    from .._ray import after_init
+    from ..driver import new_run_id, run_app_async
 
     run_id = run_id or new_run_id(app_cls)
     print(f"run {run_id} ({app_cls.name}) in {store.url}", file=sys.stderr)
@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     payload = parse_input(args.input)
     try:
         ep = app_cls.entrypoint_spec(args.entrypoint)
-        from ._driver import validate_input
+        from ..driver import validate_input
 
         validate_input(ep, payload)
     except (UsageError, DefinitionError) as exc:
@@ -216,7 +216,7 @@ def _find_record(store: Store, run_id: str):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ._status import describe
+    from ..views import describe
 
     store = _store(args)
     record = _find_record(store, args.run_id)

@@ -14,7 +14,7 @@ earlier attempt - or one a dead driver left running, which may carry the same at
 as the resumed run's - never overwrites the object another attempt recorded.
 
 Allowed roots (upload): a local-only reference must point inside the runtime's scratch root
-(`runtime._worker.scratch_root()`, i.e. $CONNECTOR_RUNTIME_SCRATCH or the temp dir's
+(`runtime._runcontext.scratch_root()`, i.e. $CONNECTOR_RUNTIME_SCRATCH or the temp dir's
 connector-runtime/scratch) or one of the folders in $CONNECTOR_RUNTIME_ALLOWED_ROOTS
 (os.pathsep-separated), after resolving symlinks and `..`. Anything else (`/etc/passwd`,
 `../../x`) fails the task with a non-retryable `PathRefusedError`: a task should not be able to
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 import typing
 import uuid
 from collections.abc import Callable
@@ -34,34 +33,29 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from application_sdk.contracts import FileReference, Input, Output
-from storage._files import check_inside, materialize, persist, tier_prefix
+from storage import check_inside, materialize, persist, tier_prefix
+
+from .._runcontext import RunContext, safe_component, scratch_root
 
 if TYPE_CHECKING:
     from application_sdk._context import TaskInfo
 
-    from ._worker import RunContext
-
 __all__ = ["after_task", "allowed_roots", "before_task", "cache_dir", "objects_in"]
 
 ALLOWED_ROOTS_VAR = "CONNECTOR_RUNTIME_ALLOWED_ROOTS"
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 Visit = Callable[[FileReference, str], FileReference]
 
 
 def allowed_roots() -> list[str]:
     """Where local-only references may point for upload: the scratch root and the env's."""
-    from ._worker import scratch_root
-
     extra = os.environ.get(ALLOWED_ROOTS_VAR, "")
     return [scratch_root(), *(p for p in extra.split(os.pathsep) if p.strip())]
 
 
 def cache_dir(run: RunContext) -> str:
     """This node's cache of materialized objects for the run (removed by cleanup_files)."""
-    from ._worker import scratch_root
-
-    return os.path.join(scratch_root(), run.app_name, run.run_id, ".objects")
+    return os.path.join(run.scratch, ".objects")
 
 
 def _walk(value: Any, visit: Visit, path: str) -> Any:
@@ -149,15 +143,15 @@ def after_task(out: Output, run: RunContext, info: TaskInfo) -> Output:
         return out
     store = run.store()
     roots = allowed_roots()
-    call = _UNSAFE.sub("_", info.call_key)
+    call = safe_component(info.call_key)
     token = uuid.uuid4().hex[:8]  # an attempt of a dead driver may still run with this number
 
     def upload(ref: FileReference, path: str) -> FileReference:
         if ref.is_durable or not ref.local_path:
             return ref
         real = check_inside(ref.local_path, roots, action="upload")
-        name = _UNSAFE.sub("_", os.path.basename(real.rstrip(os.sep))) or "data"
-        field = _UNSAFE.sub("_", path) or "output"
+        name = safe_component(os.path.basename(real.rstrip(os.sep))) or "data"
+        field = safe_component(path) or "output"
         key = (f"{tier_prefix(ref.tier, run.app_name, run.run_id)}/{call}/"
                f"a{info.attempt}-{token}/{field}/{name}")
         stored = persist(store, real, key, known_size=ref.size_bytes,

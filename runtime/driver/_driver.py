@@ -32,19 +32,18 @@ from storage import (
     RunStore,
     Store,
     open_store,
+    tier_prefix,
 )
-from storage._files import tier_prefix
 
+from .._errors import InputValidationError, RunConflictError, UsageError
+from .._ray import ensure_ray
+from .._runcontext import RunContext
+from ..dispatch import HeartbeatWatch, RayExecutor, shared_monitor
 from . import _guards as guards
-from ._errors import InputValidationError, RunConflictError, UsageError
-from ._executor import RayExecutor
-from ._heartbeat import HeartbeatWatch, shared_monitor
-from ._journal import GroupCommitter, JournalIndex, commit_interval
+from ._journal import GroupCommitter, JournalIndex, commit_interval, record_details
 from ._keys import canonical_json, digest
 from ._orchestrator import Orchestrator
-from ._ray import ensure_ray
 from ._step import Budget, Progress, StepRunner
-from ._worker import RunContext
 
 __all__ = ["new_run_id", "run_app", "run_app_async", "validate_input"]
 
@@ -235,7 +234,8 @@ class _Driver:
         run_ctx = RunContext(runs.run_id, runs.app, runs.store.url, runs.store.options or None)
         monitor, monitor_name = await shared_monitor()
         executor = RayExecutor(self.app_cls, run_ctx, monitor_name)
-        self.heartbeats = HeartbeatWatch(monitor, runs.run_id, executor, index, committer)
+        self.heartbeats = HeartbeatWatch(
+            monitor, runs.run_id, executor, functools.partial(record_details, index, committer))
         budget = Budget(self.app_cls.max_task_executions, index.executions, runs.run_id)
         steps = StepRunner(index, committer, executor, budget, self.progress,
                            before_retry=self.heartbeats.latest_details,

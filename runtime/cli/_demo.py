@@ -74,7 +74,7 @@ def _prepare_output(output: str) -> None:
 
 async def _run(app_cls: type, payload: dict[str, Any], run_id: str, store: str,
                entrypoint: str) -> Any:
-    from ._driver import run_app_async
+    from ..driver import run_app_async
     from ._progress import ProgressDisplay
 
     with ProgressDisplay(entrypoint) as progress:

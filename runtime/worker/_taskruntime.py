@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ._worker import RunContext
+from .._runcontext import NAMESPACE, RunContext
+from ._cleanup import cleanup_scratch, cleanup_transient
 
 __all__ = ["WorkerTaskRuntime"]
 
@@ -47,8 +47,6 @@ def _monitor(name: str) -> Any:
     handle = _monitors.get(name)
     if handle is None:
         import ray
-
-        from ._heartbeat import NAMESPACE
 
         handle = _monitors[name] = ray.get_actor(name, namespace=NAMESPACE)
     return handle
@@ -121,11 +119,7 @@ class WorkerTaskRuntime:
     # -- cleanup ---------------------------------------------------------------------------
 
     def cleanup_files(self) -> int:
-        from ._cleanup import cleanup_scratch
-
         return cleanup_scratch(self.context)
 
     def cleanup_storage(self) -> int:
-        from ._cleanup import cleanup_transient
-
         return cleanup_transient(self.context)

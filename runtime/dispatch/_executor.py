@@ -19,7 +19,8 @@ import ray
 from application_sdk.app import App, TaskSpec
 from application_sdk.errors import TaskUnschedulableError
 
-from ._worker import RunContext, pack_attempt, remote_for
+from .._runcontext import RunContext
+from ..worker import pack_attempt, remote_for
 
 __all__ = ["Attempt", "RayExecutor"]
 

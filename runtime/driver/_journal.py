@@ -29,7 +29,7 @@ from typing import Any
 
 from storage import JournalLoad, Lease, LeaseLostError, RunStore, Store
 
-__all__ = ["GroupCommitter", "JournalIndex", "commit_interval"]
+__all__ = ["GroupCommitter", "JournalIndex", "commit_interval", "record_details"]
 
 
 def commit_interval(store: Store) -> float:
@@ -66,6 +66,16 @@ class JournalIndex:
             self.details[record["k"]] = record["d"]
         elif kind == "o":
             self.objects.append(record)
+
+
+def record_details(index: JournalIndex, committer: GroupCommitter, key: str,
+                   details: Any) -> None:
+    """Journal an attempt's heartbeat details, unless they are what is recorded already."""
+    if index.details.get(key) == details:
+        return
+    record = {"y": "h", "k": key, "d": details}
+    index.apply(record)
+    committer.append(record)
 
 
 class GroupCommitter:

@@ -6,7 +6,7 @@ from typing import Any
 
 from storage import RunRecord, RunStore, Store
 
-from ._journal import JournalIndex
+from ..driver import JournalIndex
 
 __all__ = ["describe"]
 

@@ -19,8 +19,8 @@ from application_sdk.app import TaskSpec
 from application_sdk.contracts import Input, Output
 from application_sdk.errors import ContractError, TaskBudgetExceededError
 
-from ._failures import FailureKind, classify, decide
-from ._files import objects_in
+from ..dispatch import FailureKind, classify, decide
+from ..worker import objects_in
 from ._journal import GroupCommitter, JournalIndex
 
 __all__ = ["Budget", "Executor", "Progress", "StepRunner", "TaskFailure"]
@@ -122,18 +122,31 @@ class StepRunner:
         return decode_output(spec, record["o"], replay=True)
 
     async def invoke(self, spec: TaskSpec, key: str, inp: Input, payload: bytes) -> Output:
+        """The whole life of one call: recorded, answered in the driver, or attempted."""
         recorded = self.recorded(spec, key)
         if recorded is not None:
             return recorded
-        if self.local is not None:
-            answer = await self.local(spec, inp)
-            if answer is not None:
-                data = msgpack.packb(answer.model_dump(mode="json"), use_bin_type=True)
-                record = {"y": "t", "k": key, "n": spec.name, "o": data, "a": 0}
-                self.index.apply(record)
-                self.committer.append(record)
-                self.progress.done += 1
-                return answer
+        answer = await self._answer_locally(spec, key, inp)
+        if answer is not None:
+            return answer
+        return await self._attempts(spec, key, payload)
+
+    async def _answer_locally(self, spec: TaskSpec, key: str, inp: Input) -> Output | None:
+        """A call the driver can answer itself, journaled as attempt 0 (or None)."""
+        if self.local is None:
+            return None
+        answer = await self.local(spec, inp)
+        if answer is None:
+            return None
+        data = msgpack.packb(answer.model_dump(mode="json"), use_bin_type=True)
+        record = {"y": "t", "k": key, "n": spec.name, "o": data, "a": 0}
+        self.index.apply(record)
+        self.committer.append(record)
+        self.progress.done += 1
+        return answer
+
+    async def _attempts(self, spec: TaskSpec, key: str, payload: bytes) -> Output:
+        """Attempt the call on the executor until it succeeds or the retry policy gives up."""
         opts = spec.options
         number = self.index.failures.get(key, 0)
         failed = losses = 0
