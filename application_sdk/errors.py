@@ -19,6 +19,7 @@ __all__ = [
     "RunFailedError",
     "StorageIntegrityError",
     "TaskBudgetExceededError",
+    "TaskError",
     "TaskTimeoutError",
     "TaskUnschedulableError",
     "WorkerLostError",
@@ -90,3 +91,30 @@ class HeartbeatTimeoutError(AppError):
 
 class TaskUnschedulableError(NonRetryableError):
     """A task asks for resources (CPUs, memory, custom resources) no node of the cluster has."""
+
+
+class TaskError(AppError):
+    """A task's exception that could not cross from the worker to the driver as itself (it
+    does not pickle, like aiohttp's `ClientResponseError`), carried as data instead.
+
+    `type_names` lists the original's classes along its MRO, qualified and plain, so
+    `non_retryable_errors` still matches it by name; `remote_traceback` is the worker's
+    traceback as text; `non_retryable` is the original's (its `non_retryable` attribute, or
+    a `retryable = False` attribute as connector libraries set it).
+    """
+
+    def __init__(self, message: str, type_names: tuple[str, ...] = (),
+                 remote_traceback: str = "", non_retryable: bool = False) -> None:
+        super().__init__(message)
+        self.type_names = tuple(type_names)
+        self.remote_traceback = remote_traceback
+        self.non_retryable = non_retryable
+
+    @property
+    def type_name(self) -> str:
+        """The original's class name (what a user recognises)."""
+        return self.type_names[1] if len(self.type_names) > 1 else type(self).__name__
+
+    def __reduce__(self):  # keep pickling (Ray) working with the extra arguments
+        return (type(self), (self.args[0] if self.args else "", self.type_names,
+                             self.remote_traceback, self.non_retryable))

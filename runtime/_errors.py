@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from application_sdk.errors import AppError
+from application_sdk.errors import AppError, TaskError
 
-__all__ = ["InputValidationError", "RunConflictError", "UsageError"]
+__all__ = ["InputValidationError", "RunConflictError", "UsageError", "error_type_names",
+           "is_non_retryable"]
 
 
 class UsageError(AppError, ValueError):
@@ -19,3 +20,21 @@ class InputValidationError(UsageError):
 
 class RunConflictError(UsageError):
     """A run id that exists was started again with a different input or entry point."""
+
+
+def error_type_names(error: BaseException) -> tuple[str, ...]:
+    """Qualified and plain class names along the error's MRO (what `non_retryable_errors`
+    matches); a `TaskError` answers with the names of the exception it stands for."""
+    if isinstance(error, TaskError) and error.type_names:
+        return error.type_names
+    names: list[str] = []
+    for klass in type(error).__mro__:
+        names += [f"{klass.__module__}.{klass.__qualname__}", klass.__qualname__]
+    return tuple(names)
+
+
+def is_non_retryable(error: BaseException) -> bool:
+    """The error says retrying cannot help: `non_retryable = True` (the framework's errors),
+    or `retryable = False` (the convention of connector libraries, e.g. an HTTP 401)."""
+    return bool(getattr(error, "non_retryable", False)) or \
+        getattr(error, "retryable", True) is False

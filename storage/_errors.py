@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from application_sdk.errors import AppError
+
 __all__ = ["CorruptRecordError", "LeaseHeldError", "LeaseLostError", "StoreError"]
 
 
-class StoreError(Exception):
-    """A store operation failed. The message names the store URL and key, never credentials."""
+class StoreError(AppError):
+    """A store operation failed. The message names the store URL and key, never credentials.
+
+    Under `AppError`, the root of everything raised to users, so `except AppError` sees it."""
 
 
 class CorruptRecordError(StoreError):

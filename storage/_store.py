@@ -379,6 +379,14 @@ def _s3_filesystem(opts: dict[str, Any]) -> Any:
     return fs
 
 
+def _shown(url: str) -> str:
+    """`url` without any user-info (whatever its shape) for messages."""
+    scheme, sep, rest = url.rpartition("://")
+    if "@" in rest.split("/", 1)[0]:
+        rest = rest.split("@")[-1]
+    return f"{scheme}{sep}{rest}"
+
+
 def open_store(url: str | None = None, options: dict[str, Any] | None = None) -> Store:
     """Open the store at `url` (default: `.connector-runtime` under the working directory).
 
@@ -400,6 +408,13 @@ def open_store(url: str | None = None, options: dict[str, Any] | None = None) ->
     protocol = parts.scheme or "file"
     if protocol in ("s3a", "s3n"):
         protocol = "s3"
+    if protocol not in _BACKENDS or "::" in url:
+        raise StoreError(
+            f"store URL {_shown(url)}: protocol {protocol!r} is not supported. A store needs a "
+            "real create-if-absent and compare-and-swap (for leases and fencing), which these "
+            "backends have: a folder or file:// (one host), s3:// (S3 and S3-compatible "
+            "servers), memory:// (tests)"
+        )
     opts = dict(options or {})
     if protocol == "s3":
         opts.setdefault("use_listings_cache", False)
@@ -410,7 +425,7 @@ def open_store(url: str | None = None, options: dict[str, Any] | None = None) ->
     else:
         root = (parts.netloc + parts.path) if parts.netloc else parts.path
         root = root if protocol != "memory" else "/" + root.lstrip("/")
-    cls = _BACKENDS.get(protocol, Store)
+    cls = _BACKENDS[protocol]
     user_options = dict(options or {})
     try:
         fs = _s3_filesystem(opts) if protocol == "s3" else fsspec.filesystem(protocol, **opts)

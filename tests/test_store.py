@@ -209,3 +209,17 @@ def test_s3_client_is_reused_until_the_credentials_change(s3_url, monkeypatch):
     assert fixed.fs is not first.fs  # a fresh client resolves the new credentials
     assert fixed.read("creds/probe") == b"1"
     assert not any("fixed-secret-value" in key for key in _store._s3_filesystems)
+
+
+@pytest.mark.parametrize("url", ["gs://bucket/prefix", "ftp://host/dir", "hdfs://nn/path",
+                                 "simplecache::s3://bucket/x", "http://example/x"])
+def test_a_protocol_without_real_atomic_primitives_is_refused_at_open(url):
+    with pytest.raises(StoreError, match="not supported") as info:
+        open_store(url)
+    assert "file://" in str(info.value) and "s3://" in str(info.value)
+
+
+def test_unsupported_store_exits_2_before_anything_runs(cli):
+    res = cli("run", "tests.apps.counting:CountingApp", "--input", '{"count_file": "/tmp/x"}',
+              "--store", "gs://bucket/prefix")
+    assert res.code == 2 and "not supported" in res.stderr

@@ -11,6 +11,8 @@ from ray import exceptions as rx
 from application_sdk.app import RetryPolicy, TaskOptions
 from application_sdk.errors import HeartbeatTimeoutError, TaskTimeoutError, WorkerLostError
 
+from .._errors import error_type_names, is_non_retryable
+
 __all__ = ["Decision", "Failure", "FailureKind", "classify", "decide", "error_type_names"]
 
 _LOST = (
@@ -46,7 +48,7 @@ class Failure:
 
     @property
     def type_name(self) -> str:
-        return type(self.error).__name__
+        return getattr(self.error, "type_name", None) or type(self.error).__name__
 
     @property
     def message(self) -> str:
@@ -54,13 +56,6 @@ class Failure:
 
     def as_record(self) -> dict[str, str]:
         return {"kind": self.kind.value, "type": self.type_name, "message": self.message[:2000]}
-
-
-def error_type_names(error: BaseException) -> tuple[str, ...]:
-    names: list[str] = []
-    for klass in type(error).__mro__:
-        names += [f"{klass.__module__}.{klass.__qualname__}", klass.__qualname__]
-    return tuple(names)
 
 
 def classify(exc: BaseException, timeout: float | None = None) -> Failure:
@@ -107,7 +102,7 @@ def decide(
         if worker_losses > options.max_worker_losses:
             return Decision(False, reason=f"lost its worker {worker_losses} times")
         return Decision(True, 0.0)
-    if getattr(failure.error, "non_retryable", False):
+    if is_non_retryable(failure.error):
         return Decision(False, reason="the error is non-retryable")
     if policy.is_non_retryable(list(failure.type_names)):
         return Decision(False, reason="the error type is in non_retryable_errors")

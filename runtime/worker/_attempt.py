@@ -14,15 +14,18 @@ those bytes as they are, without serializing the output again.
 from __future__ import annotations
 
 import asyncio
+import traceback
 from typing import Any
 
 import msgpack
 import ray
+from ray import cloudpickle
 
 from application_sdk import _context
 from application_sdk.app import App
-from application_sdk.errors import NonRetryableError, PayloadTooLargeError
+from application_sdk.errors import NonRetryableError, PayloadTooLargeError, TaskError
 
+from .._errors import error_type_names, is_non_retryable
 from .._runcontext import RunContext, scratch_dir
 from . import _files
 from ._taskruntime import WorkerTaskRuntime
@@ -108,7 +111,30 @@ def run_attempt(app_cls: type[App], blob: bytes, run: RunContext | None = None) 
     task_name, payload, context, *info = msgpack.unpackb(blob, raw=False)
     if run is None:
         run = RunContext.unpacked(context)
-    return execute(app_cls, task_name, payload, run, tuple(info))  # type: ignore[arg-type]
+    try:
+        return execute(app_cls, task_name, payload, run, tuple(info))  # type: ignore[arg-type]
+    except Exception as exc:
+        portable = portable_error(exc)
+        if portable is exc:
+            raise
+        raise portable from None
+
+
+def portable_error(exc: BaseException) -> BaseException:
+    """`exc` if it survives a pickle round trip (Ray carries it to the driver as itself), else
+    a `TaskError` with its type names, message, traceback and retry flag: Ray would turn an
+    unpicklable exception into "isn't serializable", losing the type `non_retryable_errors`
+    matches on."""
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc))
+        return exc
+    except Exception:
+        pass
+    names = error_type_names(exc)
+    return TaskError(
+        str(exc), names,
+        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        non_retryable=is_non_retryable(exc))
 
 
 def remote_for(app_cls: type[App]) -> Any:

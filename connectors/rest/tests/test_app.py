@@ -8,6 +8,7 @@ import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 import runtime
 from connectors.rest.app import RestConnector
@@ -42,3 +43,19 @@ def test_rest_retry_resumes_from_failed_page(ray_session, tmp_path, file_store):
     assert hits == expected
     text = (tmp_path / "out").joinpath(out.run_id, "manifest.json").read_text()
     assert TOKEN not in text and TOKEN not in out.model_dump_json()
+
+
+def test_refused_token_fails_at_once_without_retries(ray_session, tmp_path, file_store,
+                                                      monkeypatch):
+    with RestTestServer(total=20, token="the-right-token") as server:
+        with pytest.raises(runtime.RunFailedError) as info:
+            runtime.run_app(
+                RestConnector,
+                {"base_url": server.url, "path": "/items", "style": "cursor",
+                 "page_size": 10, "token_env": TOKEN_ENV,
+                 "destination": str(tmp_path / "out")},
+                run_id="refused", store=file_store,
+            )
+        statuses = [r["status"] for r in server.requests]
+    assert statuses == [401]  # HTTPError(401).retryable is False: one attempt, no retry
+    assert "401" in str(info.value) and TOKEN not in str(info.value)
