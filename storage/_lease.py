@@ -8,12 +8,22 @@ crash does not wait for the expiry. Taking a lease over bumps the epoch; journal
 named by epoch, and a driver that finds its epoch superseded when renewing stops writing.
 
 Releasing keeps the record (expiry 0) so epochs only ever grow.
+
+Fencing on the holder's own clock. Another driver may take the run once the stored expiry has
+passed, whether or not this one knows. So this process trusts its lease only until
+`started + ttl - margin` on its monotonic clock, `started` being when the last successful
+acquire or renewal was *sent* (the stored expiry is at least that late): `ensure()` is called
+before anything is recorded, dispatched or finished, and past that point it renews
+synchronously (a conditional write: it fails if anyone took the run) before letting the caller
+go on. A driver frozen past its TTL (SIGSTOP, a long GC pause, a suspended VM) therefore writes
+nothing when it thaws: its first write finds the lease taken and raises `LeaseLostError`.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -68,7 +78,15 @@ class Lease:
         self.owner = owner or f"{HOST}:{os.getpid()}:{os.urandom(4).hex()}"
         self.epoch = 0
         self.lost = False
+        self.valid_until = 0.0
+        """Monotonic time until which this process may act on the lease without renewing."""
         self._key = runs.key("lease.msgpack")
+        self._lock = threading.Lock()
+
+    @property
+    def margin(self) -> float:
+        """Safety margin under the TTL for clock drift between hosts."""
+        return min(2.0, self.ttl / 10)
 
     def read(self) -> LeaseInfo | None:
         data = self.runs.store.read(self._key)
@@ -102,13 +120,22 @@ class Lease:
                     owner=previous.owner,
                 )
             epoch = (previous.epoch if previous else 0) + 1
+            sent = time.monotonic()
             if self.runs.store.replace_if(self._key, self._record(epoch, now + self.ttl), token):
                 self.epoch = epoch
+                self.valid_until = sent + self.ttl - self.margin
                 return epoch
         raise LeaseHeldError(f"run {self.runs.run_id}: lost the race for its lease, try again")
 
     def renew(self) -> None:
         """Extend the expiry; raises LeaseLostError if another driver took the run over."""
+        with self._lock:
+            self._renew()
+
+    def _renew(self) -> None:
+        if self.lost:
+            raise self._lost_error()
+        sent = time.monotonic()
         current = self.runs.store.read_versioned(self._key)
         if current is not None:
             data, token = current
@@ -119,11 +146,37 @@ class Lease:
             if info and info.owner == self.owner and info.epoch == self.epoch:
                 record = self._record(self.epoch, time.time() + self.ttl)
                 if self.runs.store.replace_if(self._key, record, token):
+                    self.valid_until = sent + self.ttl - self.margin
                     return
         self.lost = True
-        raise LeaseLostError(
-            f"run {self.runs.run_id}: this driver's lease (epoch {self.epoch}) was taken over; "
-            "it stops writing"
+        raise self._lost_error()
+
+    def ensure(self) -> None:
+        """Return only while this process still owns the run: at once if the lease is fresh
+        on the local clock, after a synchronous renewal if it may have expired. Raises
+        LeaseLostError otherwise (taken over, or not renewable: the store did not answer)."""
+        if self.lost:
+            raise self._lost_error()
+        if time.monotonic() < self.valid_until:
+            return
+        with self._lock:
+            if time.monotonic() < self.valid_until:
+                return
+            try:
+                self._renew()
+            except LeaseLostError:
+                raise
+            except Exception as exc:
+                self.lost = True
+                raise LeaseLostError(
+                    f"run {self.runs.run_id}: this driver's lease (epoch {self.epoch}) expired "
+                    f"and could not be renewed ({type(exc).__name__}: {exc}); it stops writing"
+                ) from exc
+
+    def _lost_error(self) -> LeaseLostError:
+        return LeaseLostError(
+            f"run {self.runs.run_id}: this driver's lease (epoch {self.epoch}) was taken over "
+            "by another driver; it stops without recording anything more"
         )
 
     def release(self) -> None:

@@ -13,6 +13,16 @@ persistent/{app}/{run_id}/...                   PERSISTENT objects
 The journal is append-only: each group commit writes one new immutable segment named by the
 writer's lease epoch and a sequence number, created exclusively so two writers can never
 overwrite each other. Loading reads every segment in one batched call.
+
+Fencing. A driver that takes a run over writes a seal first: `{"y": "s", "e": epoch, "seen":
+{older epoch: next free seq}}`, the segments it loaded. A segment of an older epoch at or past
+the sealed number was written by a stale driver after the takeover (a frozen one that thawed,
+or one whose clock ran slow): loading ignores it, so what the new driver built its view on is
+what every later load sees. Seals are records like any other, so compaction carries them.
+Epochs are examined newest first: a seal counts only if the segment holding it counts.
+
+The run record is written conditionally (`replace_run` with the version token of the last
+read or write): a driver that finds another writer's record there has lost the run.
 """
 
 from __future__ import annotations
@@ -69,11 +79,20 @@ class RunRecord(BaseModel):
     error: dict[str, Any] | None = None
     """{"type", "message", "task"} of the failure, without tracebacks of secrets."""
     app_version: int = 1
+    key_scheme: int = 1
+    """How call keys and the input digest are computed: 1 digests every field (records from
+    before 2026-12), 2 digests what differs from the defaults (a field added later with a
+    default changes no identity). A run keeps the scheme it was started with."""
+    epoch: int = 0
+    """Lease epoch of the driver that wrote this record."""
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     finished_at: float | None = None
     finish_count: int = 0
     """How many times the run reached a final status (a failed run can be resumed)."""
+    cancel_honoured_at: float | None = None
+    """When the cancellation request this run ended CANCELLED on was made (a request no
+    newer than this one was honoured already; a rerun resumes the run)."""
     progress: dict[str, Any] = Field(default_factory=dict)
     """Counters for `status`: done, running, retrying, failed, attempts, replayed."""
     warnings: list[str] = Field(default_factory=list)
@@ -93,6 +112,8 @@ class JournalLoad:
     """The segments the records came from (not those a compaction replaced)."""
     covered: list[str] = field(default_factory=list)
     """Segments a compaction replaced that are still there (a crash before their deletion)."""
+    fenced: list[str] = field(default_factory=list)
+    """Segments a stale driver wrote after a newer one sealed the journal (not counted)."""
 
 
 class RunStore:
@@ -116,8 +137,24 @@ class RunStore:
         return RunRecord.model_validate(_codec.decode(data, self.key("run.msgpack")))
 
     def write_run(self, record: RunRecord) -> None:
+        """Write the record unconditionally (tools and tests; drivers use `replace_run`)."""
         record.updated_at = time.time()
         self.store.write(self.key("run.msgpack"), _codec.encode(record.model_dump(mode="json")))
+
+    def read_run_versioned(self) -> tuple[RunRecord, Any] | None:
+        """The run record and its version token for `replace_run`, or None."""
+        got = self.store.read_versioned(self.key("run.msgpack"))
+        if got is None:
+            return None
+        data, token = got
+        return RunRecord.model_validate(_codec.decode(data, self.key("run.msgpack"))), token
+
+    def replace_run(self, record: RunRecord, token: Any) -> Any | None:
+        """Write the record if it is still at version `token` (None: only if there is none);
+        the new token, or None when another writer changed it."""
+        record.updated_at = time.time()
+        return self.store.replace_if(self.key("run.msgpack"),
+                                     _codec.encode(record.model_dump(mode="json")), token)
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -131,9 +168,8 @@ class RunStore:
     def load_journal(self) -> JournalLoad:
         keys = [k for k in self.store.list(self.key("journal")) if k.endswith(".msgpack")]
         blobs = self.store.read_many(keys)
-        segments: list[tuple[str, list[dict[str, Any]]]] = []
+        decoded: list[tuple[int, int, str, list[dict[str, Any]]]] = []
         corrupt: list[str] = []
-        covered: set[str] = set()
         next_seq: dict[int, int] = {}
         for key in keys:  # sorted by (epoch, seq): zero-padded names
             epoch, seq = (int(x) for x in key.rsplit("/", 1)[-1].split(".")[0].split("-"))
@@ -142,10 +178,13 @@ class RunStore:
             try:
                 if data is None:
                     raise CorruptRecordError(f"{key}: vanished while loading")
-                batch = _codec.decode(data, key)
+                decoded.append((epoch, seq, key, _codec.decode(data, key)))
             except CorruptRecordError:
                 corrupt.append(key)
-                continue
+        counted, fenced = _fence(decoded)
+        covered: set[str] = set()
+        segments: list[tuple[str, list[dict[str, Any]]]] = []
+        for key, batch in counted:
             if batch and batch[0].get("y") == "c":  # a compaction: replaces the ones it names
                 covered.update(self.key(f"journal/{name}") for name in batch[0]["covers"])
                 batch = batch[1:]
@@ -154,7 +193,11 @@ class RunStore:
         records = [record for _, batch in live for record in batch]
         return JournalLoad(records=records, segments=len(keys), corrupt=corrupt,
                            next_seq=next_seq, keys=[key for key, _ in live],
-                           covered=sorted(covered & set(keys)))
+                           covered=sorted(covered & set(keys)), fenced=fenced)
+
+    def seal(self, epoch: int, next_seq: dict[int, int]) -> dict[str, Any]:
+        """The seal record a driver that claimed the run at `epoch` writes first."""
+        return {"y": "s", "e": epoch, "seen": {e: n for e, n in next_seq.items() if e < epoch}}
 
     def compact(self, epoch: int, seq: int, keys: list[str],
                 records: list[dict[str, Any]]) -> int:
@@ -176,16 +219,55 @@ class RunStore:
                          _codec.encode({"reason": reason, "at": time.time()}))
 
     def cancel_requested(self) -> str | None:
+        """The reason of a pending cancellation request, or None."""
+        request = self.cancel_request()
+        return None if request is None else request[0]
+
+    def cancel_request(self) -> tuple[str, float] | None:
+        """(reason, requested at) of the cancellation request, or None. A request stays in
+        the store once honoured; the run record's `cancel_honoured_at` says it was."""
         data = self.store.read(self.key("cancel.msgpack"))
         if data is None:
             return None
         try:
-            return str(_codec.decode(data).get("reason", "cancelled"))
-        except CorruptRecordError:
-            return "cancelled"
+            body = _codec.decode(data)
+            return str(body.get("reason", "cancelled")), float(body.get("at", 0.0))
+        except (CorruptRecordError, AttributeError, TypeError, ValueError):
+            return "cancelled", 1e300  # unreadable: still a request (honoured once)
 
     def clear_cancel(self) -> None:
         self.store.delete([self.key("cancel.msgpack")])
+
+
+def _fence(decoded: list[tuple[int, int, str, list[dict[str, Any]]]],
+           ) -> tuple[list[tuple[str, list[dict[str, Any]]]], list[str]]:
+    """Split segments (sorted by epoch, seq) into those that count and those a seal fences off.
+
+    Newest epoch first: its segments count; seals in counted segments limit older epochs to
+    the sequence numbers their sealer had seen (an epoch it had not seen at all: to none)."""
+    by_epoch: dict[int, list[tuple[int, str, list[dict[str, Any]]]]] = {}
+    for epoch, seq, key, batch in decoded:
+        by_epoch.setdefault(epoch, []).append((seq, key, batch))
+    limit: dict[int, int] = {}
+    counted: list[tuple[str, list[dict[str, Any]]]] = []
+    fenced: list[str] = []
+    for epoch in sorted(by_epoch, reverse=True):
+        allowed = limit.get(epoch)
+        for seq, key, batch in by_epoch[epoch]:
+            if allowed is not None and seq >= allowed:
+                fenced.append(key)
+                continue
+            counted.append((key, batch))
+            for record in batch:
+                if record.get("y") != "s":
+                    continue
+                seen = {int(e): int(n) for e, n in record["seen"].items()}
+                for older in by_epoch:
+                    if older < int(record["e"]):
+                        n = seen.get(older, 0)
+                        limit[older] = min(limit.get(older, n), n)
+    counted.sort(key=lambda item: item[0])  # back to (epoch, seq) order
+    return counted, sorted(fenced)
 
 
 def find_runs(store: Store, run_id: str) -> list[RunStore]:

@@ -3,6 +3,13 @@
 Backends differ only in three primitives: `write` (atomic replace), `create` (atomic create if
 absent) and `replace_if` (compare-and-swap on a version token). Everything else is plain fsspec.
 
+A conditional write whose reply was lost (the connection reset after the server applied it) is
+retried by the client, and the retry meets the write itself: 412 on S3, "exists" for a create.
+Both conditional primitives therefore read the object back when their condition fails: if it
+holds exactly the bytes this call wrote, the write succeeded. Every conditional record the
+runtime writes is unique (a lease carries its owner and expiry, a run record its update time,
+a journal segment its records), so equal bytes can only be this writer's own.
+
 - local files: temp file + fsync + `os.replace`; create by `os.link` of a complete temp file (fails
   if the target exists); compare-and-swap under an `fcntl.flock` on a sidecar lock file.
 - memory: fsspec's in-process dict, guarded by a lock.
@@ -143,15 +150,35 @@ class Store:
             self.fs.pipe_file(self.path(key), data)
 
     def create(self, key: str, data: bytes) -> bool:
-        """Create the object if absent; False (nothing written) if it exists."""
-        raise NotImplementedError
+        """Create the object if absent. False (nothing written) if another writer's object is
+        there; True if it was created, or holds these very bytes (a lost reply's retry)."""
+        if self._create(key, data):
+            return True
+        current = self.read(key)
+        return current is not None and current == data
 
     def read_versioned(self, key: str) -> tuple[bytes, Any] | None:
         """The object's bytes and a version token for `replace_if`, or None if absent."""
         raise NotImplementedError
 
-    def replace_if(self, key: str, data: bytes, token: Any) -> bool:
-        """Replace the object only if it is still at version `token` (None: only if absent)."""
+    def replace_if(self, key: str, data: bytes, token: Any) -> Any | None:
+        """Replace the object only if it is still at version `token` (None: only if absent).
+
+        Returns the object's new version token (truthy), or None if it was not at `token`
+        (another writer's bytes are there). A write that was applied but whose reply was lost
+        counts as written."""
+        new = self._replace_if(key, data, token)
+        if new is not None:
+            return new
+        current = self.read_versioned(key)
+        if current is not None and current[0] == data:
+            return current[1]
+        return None
+
+    def _create(self, key: str, data: bytes) -> bool:
+        raise NotImplementedError
+
+    def _replace_if(self, key: str, data: bytes, token: Any) -> Any | None:
         raise NotImplementedError
 
     def delete(self, keys: list[str]) -> None:
@@ -184,7 +211,7 @@ class LocalStore(Store):
         with _translated(self, key):
             self._write_tmp_then(key, data, os.replace)
 
-    def create(self, key: str, data: bytes) -> bool:
+    def _create(self, key: str, data: bytes) -> bool:
         with _translated(self, key):
             try:
                 self._write_tmp_then(key, data, os.link)
@@ -214,12 +241,11 @@ class LocalStore(Store):
         with _translated(self, key):
             try:
                 with open(self._abs(key), "rb") as fh:
-                    st = os.fstat(fh.fileno())
-                    return fh.read(), (st.st_ino, st.st_mtime_ns, st.st_size)
+                    return fh.read(), _version(os.fstat(fh.fileno()))
             except FileNotFoundError:
                 return None
 
-    def replace_if(self, key: str, data: bytes, token: Any) -> bool:
+    def _replace_if(self, key: str, data: bytes, token: Any) -> Any | None:
         target = self._abs(key)
         with _translated(self, key):
             os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -227,21 +253,25 @@ class LocalStore(Store):
             with open(os.path.join(folder, f".{name}.lock"), "a+b") as lock:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
                 try:
-                    st = os.stat(target)
-                    current = (st.st_ino, st.st_mtime_ns, st.st_size)
+                    current = _version(os.stat(target))
                 except FileNotFoundError:
                     current = None
                 if current != (tuple(token) if token is not None else None):
-                    return False
+                    return None
                 self._write_tmp_then(key, data, os.replace)
-                return True
+                return _version(os.stat(target))
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int]:
+    """A local file's version token: a replace makes a new inode, a write moves mtime."""
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class MemoryStore(Store):
     protocol = "memory"
     _lock = threading.Lock()
 
-    def create(self, key: str, data: bytes) -> bool:
+    def _create(self, key: str, data: bytes) -> bool:
         with self._lock:
             if self.fs.exists(self.path(key)):
                 return False
@@ -250,14 +280,15 @@ class MemoryStore(Store):
 
     def read_versioned(self, key: str) -> tuple[bytes, Any] | None:
         data = self.read(key)
-        return None if data is None else (data, data)
+        return None if data is None else (data, (len(data), hashlib.blake2b(data).digest()))
 
-    def replace_if(self, key: str, data: bytes, token: Any) -> bool:
+    def _replace_if(self, key: str, data: bytes, token: Any) -> Any | None:
         with self._lock:
-            if self.read(key) != token:
-                return False
+            current = self.read_versioned(key)
+            if (current[1] if current else None) != (tuple(token) if token else None):
+                return None
             self.fs.pipe_file(self.path(key), data)
-            return True
+            return (len(data), hashlib.blake2b(data).digest())
 
 
 class S3Store(Store):
@@ -267,13 +298,8 @@ class S3Store(Store):
         bucket, _, rest = self.path(key).lstrip("/").partition("/")
         return bucket, rest
 
-    def create(self, key: str, data: bytes) -> bool:
-        with _translated(self, key):
-            try:
-                self.fs.pipe_file(self.path(key), data, mode="create")
-            except FileExistsError:
-                return False
-            return True
+    def _create(self, key: str, data: bytes) -> bool:
+        return self._put(key, data, IfNoneMatch="*") is not None
 
     def read_versioned(self, key: str) -> tuple[bytes, Any] | None:
         bucket, obj = self._bucket_key(key)
@@ -294,18 +320,23 @@ class S3Store(Store):
         with _translated(self, keys[0]), contextlib.suppress(FileNotFoundError):
             self.fs.rm([self.path(k) for k in keys])
 
-    def replace_if(self, key: str, data: bytes, token: Any) -> bool:
+    def _replace_if(self, key: str, data: bytes, token: Any) -> Any | None:
         if token is None:
-            return self.create(key, data)
+            return self._put(key, data, IfNoneMatch="*")
+        return self._put(key, data, IfMatch=token)
+
+    def _put(self, key: str, data: bytes, **condition: str) -> str | None:
+        """A conditional PutObject: the new ETag, or None when the condition failed."""
         bucket, obj = self._bucket_key(key)
         with _translated(self, key):
             try:
-                self.fs.call_s3("put_object", Bucket=bucket, Key=obj, Body=data, IfMatch=token)
-            except (FileNotFoundError, OSError) as exc:
-                if _precondition_failed(exc):
-                    return False
+                resp = self.fs.call_s3("put_object", Bucket=bucket, Key=obj, Body=data,
+                                       **condition)
+            except (FileNotFoundError, FileExistsError, OSError) as exc:
+                if isinstance(exc, FileExistsError) or _precondition_failed(exc):
+                    return None
                 raise
-            return True
+            return resp["ETag"]
 
     def list(self, prefix: str) -> list[str]:
         self.fs.invalidate_cache()

@@ -107,8 +107,9 @@ def test_now_and_uuid4_are_replay_stable_across_a_driver_sigkill(ray_session, tm
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     out = json.loads(again.stdout.splitlines()[-1])
-    assert out["at"] == values["@now::0"]
-    assert out["id"].replace("-", "") == values["@uuid4::0"]
+    by_kind = {key.split(":")[0]: value for key, value in values.items()}
+    assert out["at"] == by_kind["@now"]
+    assert out["id"].replace("-", "") == by_kind["@uuid4"]
 
 
 def test_asyncio_sleep_in_run_is_a_durable_timer(ray_session, tmp_path, file_store):
@@ -123,7 +124,8 @@ def test_asyncio_sleep_in_run_is_a_durable_timer(ray_session, tmp_path, file_sto
     out = run_app(d.StampApp, {"folder": str(tmp_path), "sleep": 2.0}, run_id="timer",
                   store=file_store)
     assert out.slept and time.monotonic() - start < 2.0  # the timer had already fired
-    assert any(r["k"] == "@sleep::0" for r in journal(file_store, "StampApp", "timer"))
+    assert any(r.get("k", "").startswith("@sleep:") for r in journal(file_store, "StampApp",
+                                                                    "timer"))
 
 
 def test_divergent_resume_fails_unless_the_version_is_bumped(ray_session, tmp_path,

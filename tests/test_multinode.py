@@ -21,7 +21,7 @@ def test_removing_the_node_of_a_running_task(s3_url, tmp_path, nodes, tasks):
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     assert line, proc.stderr[-3000:]
     report = json.loads(line[len("RESULT "):])
-    assert "error" not in report, report
+    assert "error" not in report, report["error"]
     assert report["output"]["parts"] == tasks
     assert report["local_store_error"].startswith("UsageError")
     assert "use shared storage" in report["local_store_error"].lower()

@@ -63,13 +63,25 @@ def test_create_races_have_one_winner(store):
 
 
 def test_replace_if_refuses_stale_token(store):
-    assert store.replace_if("cas/obj", b"v1", None) is True
-    assert store.replace_if("cas/obj", b"again", None) is False
+    first = store.replace_if("cas/obj", b"v1", None)
+    assert first  # the new version's token
+    assert store.replace_if("cas/obj", b"again", None) is None
     data, token = store.read_versioned("cas/obj")
-    assert data == b"v1"
-    assert store.replace_if("cas/obj", b"v2", token) is True
-    assert store.replace_if("cas/obj", b"v3", token) is False  # token is stale now
+    assert data == b"v1" and token == first
+    second = store.replace_if("cas/obj", b"v2", token)
+    assert second and second != token
+    assert store.replace_if("cas/obj", b"v3", token) is None  # token is stale now
     assert store.read("cas/obj") == b"v2"
+    assert store.read_versioned("cas/obj")[1] == second
+
+
+def test_a_conditional_write_that_meets_its_own_bytes_succeeded(store):
+    # what a client's retry sees when the first request was applied and its reply was lost
+    token = store.replace_if("cas/mine", b"renewal-1", None)
+    assert store.replace_if("cas/mine", b"renewal-1", "stale-token-of-the-retry") == token
+    assert store.create("seg/0", b"batch")
+    assert store.create("seg/0", b"batch") is True  # the same bytes: this writer's own
+    assert store.create("seg/0", b"other batch") is False
 
 
 def test_list_read_many_delete(store):

@@ -33,9 +33,12 @@ class Out(Output):
 
 
 def test_call_keys_do_not_depend_on_field_order_and_count_occurrences():
-    d1 = digest(canonical_json({"a": 1, "b": "x"}))
-    d2 = digest(canonical_json(In(b="x", a=1)))
+    d1 = digest(canonical_json({"a": 1, "b": "y"}))
+    d2 = digest(canonical_json(In(b="y", a=1)))
     assert d1 == d2
+    # a field at its default is not part of the identity (scheme 2); scheme 1 digests it
+    assert canonical_json(In(a=1)) == canonical_json(In(a=1, b="x")) == b'{"a":1}'
+    assert canonical_json(In(a=1), scheme=1) == b'{"a":1,"b":"x"}'
     keys = CallKeys()
     assert [keys.next("", "t", d1) for _ in range(3)] == [f"t:{d1}:{i}" for i in range(3)]
     assert keys.next("", "other", d1) == f"other:{d1}:0"

@@ -35,7 +35,14 @@ def test_progress_lines_when_not_a_terminal():
                          "attempts": 6})
         progress.update({"done": 3, "replayed": 1, "running": 2, "retrying": 1, "failed": 0,
                          "attempts": 6})  # unchanged: no new line
+        progress.update({"done": 5, "replayed": 1, "running": 0, "retrying": 0, "failed": 0,
+                         "attempts": 8})  # changed, but within the log interval: not yet
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2  # the first update and the final line
     assert "run r1: tasks done 3 (1 replayed) | running 2 | retrying 1 | failed 0" in lines[0]
+    assert "run r1: tasks done 5 (1 replayed) | running 0" in lines[1]
     assert "\x1b[" not in stream.getvalue()  # no terminal codes in logs
+    stream = io.StringIO()
+    with ProgressDisplay("run r2", stream=stream) as progress:
+        progress.update({"done": 1})
+    assert len(stream.getvalue().splitlines()) == 1  # the final counters were printed already

@@ -2,7 +2,8 @@
 
 stdout carries only results (the run's Output as JSON, as the last thing printed); progress and
 logs go to stderr, so `ray job logs` and shell pipelines both work. Exit codes: 0 success,
-1 run failed or cancelled, 2 bad usage or bad input, 3 run owned by a live driver, 130 Ctrl-C.
+1 run failed or cancelled, 2 bad usage or bad input, 3 run owned by a live driver (at start, or
+taken over by another driver while this one was frozen or cut off), 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from typing import Any
 
 from application_sdk.app import App
 from application_sdk.errors import DefinitionError, RunCancelledError, RunFailedError
-from storage import LeaseHeldError, RunStatus, Store, StoreError, find_runs, list_runs, open_store
+from storage import (
+    LeaseHeldError,
+    LeaseLostError,
+    RunStatus,
+    Store,
+    StoreError,
+    find_runs,
+    list_runs,
+    open_store,
+)
 
 from .._errors import UsageError
 
@@ -135,6 +145,9 @@ def _execute(app_cls: type[App], payload: Any, args: argparse.Namespace, store: 
         return EXIT_FAILED
     except LeaseHeldError as exc:
         print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_OWNED
+    except LeaseLostError as exc:  # another driver took the run over while this one was away
+        print(f"stopped: {exc}", file=sys.stderr)
         return EXIT_OWNED
     except (UsageError, DefinitionError) as exc:
         print(f"error: {exc}", file=sys.stderr)

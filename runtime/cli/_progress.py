@@ -87,7 +87,7 @@ class ProgressDisplay:
             self._rich.stop()
             self._rich = None
         elif self.counters:
-            self._log(force=True)
+            self._log(force=True, unless_unchanged=True)
 
     def update(self, counters: dict[str, Any]) -> None:
         """The driver's on_progress callback; cheap, never raises."""
@@ -116,10 +116,12 @@ class ProgressDisplay:
             text.stylize("yellow")
         return text
 
-    def _log(self, force: bool = False) -> None:
+    def _log(self, force: bool = False, unless_unchanged: bool = False) -> None:
         now = time.monotonic()
         line = describe(self.counters, self.elapsed())
         core = line.rsplit(" | elapsed", 1)[0]
+        if unless_unchanged and core == self._last_line:
+            return  # the final counters are on the last line printed already
         if not force and (core == self._last_line or now - self._last_log < LOG_INTERVAL):
             return
         self._last_line, self._last_log = core, now

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +40,11 @@ class Attempt:
 
 
 class RayExecutor:
-    def __init__(self, app_cls: type[App], run: RunContext, monitor: str | None = None) -> None:
+    def __init__(self, app_cls: type[App], run: RunContext, monitor: str | None = None,
+                 admit: Callable[[], None] | None = None) -> None:
         self.app_cls = app_cls
+        self.admit = admit
+        """Called before each dispatch; raises to refuse it (the driver's lease check)."""
         self.context = run
         self._packed = run.packed()
         self._extra = () if self._packed is not None else (run,)
@@ -93,6 +97,8 @@ class RayExecutor:
             await asyncio.shield(checked)
         elif checked.exception() is not None:
             raise checked.exception()  # type: ignore[misc]
+        if self.admit is not None:
+            self.admit()
         loop = asyncio.get_running_loop()
         info = (key, number, details, self.monitor, self._heartbeat_settings(spec))
         blob = pack_attempt(spec.name, payload, self._packed, info)

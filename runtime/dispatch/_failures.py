@@ -87,6 +87,8 @@ class Decision:
     retry: bool
     delay: float = 0.0
     reason: str = ""
+    non_retryable: bool = False
+    """Given up because the error (or its type) is non-retryable, not for lack of attempts."""
 
 
 def decide(
@@ -103,9 +105,10 @@ def decide(
             return Decision(False, reason=f"lost its worker {worker_losses} times")
         return Decision(True, 0.0)
     if is_non_retryable(failure.error):
-        return Decision(False, reason="the error is non-retryable")
+        return Decision(False, reason="the error is non-retryable", non_retryable=True)
     if policy.is_non_retryable(list(failure.type_names)):
-        return Decision(False, reason="the error type is in non_retryable_errors")
+        return Decision(False, reason="the error type is in non_retryable_errors",
+                        non_retryable=True)
     if failed_attempts >= policy.max_attempts:
         return Decision(False, reason=f"no attempts left ({failed_attempts} of "
                                       f"{policy.max_attempts} used)")

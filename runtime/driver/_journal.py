@@ -24,12 +24,20 @@ crash): up to the interval plus one write.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import Counter
 from typing import Any
 
-from storage import JournalLoad, Lease, LeaseLostError, RunStore, Store
+from storage import JournalLoad, Lease, LeaseLostError, RunStore, Store, StoreError
 
 __all__ = ["GroupCommitter", "JournalIndex", "commit_interval", "record_details"]
+
+
+log = logging.getLogger("connector_runtime")
+
+_WRITE_TRIES = 6
+"""Attempts at writing one segment before the run fails (0.1 s, doubling, up to 2 s apart)."""
 
 
 def commit_interval(store: Store) -> float:
@@ -132,12 +140,12 @@ class GroupCommitter:
         if self.error is not None:
             raise self.error
 
-    async def close(self) -> None:
+    async def close(self, raise_error: bool = True) -> None:
         self._closing = True
         self._wake.set()
         if self._task is not None:
             await self._task
-        if self.error is not None:
+        if self.error is not None and raise_error:
             raise self.error
 
     async def _run(self) -> None:
@@ -163,12 +171,20 @@ class GroupCommitter:
                 return
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
-        if self.lease.lost:
-            raise LeaseLostError(
-                f"run {self.runs.run_id}: lease lost, not writing the journal (fencing)"
-            )
-        while not self.runs.write_segment(self.lease.epoch, self.seq, batch):
-            self.seq += 1
+        for attempt in range(_WRITE_TRIES):
+            self.lease.ensure()  # fencing: never write on a lease that may have expired
+            try:
+                while not self.runs.write_segment(self.lease.epoch, self.seq, batch):
+                    self.seq += 1
+                break
+            except LeaseLostError:
+                raise
+            except StoreError as exc:  # a store hiccup the client gave up on: try again;
+                if attempt == _WRITE_TRIES - 1:  # a create that did land reads back as ours
+                    raise
+                log.warning("run %s: journal segment write failed, retrying: %s",
+                            self.runs.run_id, exc)
+                time.sleep(min(2.0, 0.1 * 2**attempt))
         self.written_keys.append(self.runs.segment_key(self.lease.epoch, self.seq))
         self.written_records.extend(batch)
         self.seq += 1
@@ -180,5 +196,6 @@ class GroupCommitter:
         keys = load.keys + self.written_keys
         if len(keys) < threshold or self.lease.lost or self.error is not None:
             return
+        self.lease.ensure()  # a stale compaction would delete segments the new owner needs
         self.seq = self.runs.compact(self.lease.epoch, self.seq, keys + load.covered,
                                      load.records + self.written_records) + 1

@@ -3,6 +3,11 @@
 key = task name + digest of the canonical input + occurrence number of that (name, digest) pair
 in this run. It does not depend on the order tasks complete in, so `asyncio.gather` replays
 correctly: coroutines passed to gather start in argument order.
+
+The canonical input leaves out every field whose value is its default (key scheme 2): a field
+added to an Input later, with a default, changes neither a recorded call's identity nor the
+run's input digest; only a value that differs from the default does. Runs recorded before
+(scheme 1, every field digested) keep their scheme, so upgrading does not re-run their tasks.
 """
 
 from __future__ import annotations
@@ -17,8 +22,17 @@ from pydantic import BaseModel
 __all__ = ["CallKeys", "canonical_json", "digest"]
 
 
-def canonical_json(value: BaseModel | dict[str, Any]) -> bytes:
-    data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+KEY_SCHEME = 2
+"""The scheme new runs are recorded with (see the module docstring)."""
+
+
+def identity_data(value: BaseModel, scheme: int = KEY_SCHEME) -> dict[str, Any]:
+    """What a model's identity digests: its non-default fields (scheme 2) or all (scheme 1)."""
+    return value.model_dump(mode="json", exclude_defaults=scheme >= 2)
+
+
+def canonical_json(value: BaseModel | dict[str, Any], scheme: int = KEY_SCHEME) -> bytes:
+    data = identity_data(value, scheme) if isinstance(value, BaseModel) else value
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

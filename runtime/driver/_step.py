@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from application_sdk.app import TaskSpec
 from application_sdk.contracts import Input, Output
 from application_sdk.errors import ContractError, TaskBudgetExceededError
+from storage import LeaseLostError
 
 from ..dispatch import FailureKind, classify, decide
 from ..worker import objects_in
@@ -75,6 +76,10 @@ class TaskFailure:
     attempts: int
     reason: str
     error: BaseException
+    type_name: str = ""
+    """The error's class name (the original's, for a TaskError)."""
+    non_retryable: bool = False
+    """True when the error itself said retrying cannot help (not: attempts ran out)."""
 
 
 def decode_output(spec: TaskSpec, data: bytes, replay: bool) -> Output:
@@ -166,8 +171,8 @@ class StepRunner:
                 data = await self.executor.run(
                     spec, key, payload, number, self.index.details.get(key), timeout
                 )
-            except asyncio.CancelledError:
-                raise
+            except (asyncio.CancelledError, LeaseLostError):
+                raise  # the driver's own cancellation, or its fencing: not a task failure
             except Exception as exc:
                 failure = classify(exc, timeout)
             else:
@@ -195,7 +200,9 @@ class StepRunner:
                 self.progress.failed += 1
                 reason = (f"task {spec.name} failed after {number} attempt(s) "
                           f"({decision.reason}): {failure.type_name}: {failure.message}")
-                self.failures.append(TaskFailure(spec.name, key, number, reason, failure.error))
+                self.failures.append(TaskFailure(
+                    spec.name, key, number, reason, failure.error, failure.type_name,
+                    decision.non_retryable))
                 failure.error.add_note(reason)
                 raise failure.error
             self.progress.retrying += 1

@@ -1,0 +1,407 @@
+"""One driver session of a run: claim it, replay and dispatch, finish it, let it go.
+
+The order matters, and each step is there to keep a promise:
+
+1. Claim: take the lease (a compare-and-swap), read the run record with its version token,
+   load the journal, then seal it (`RunStore.seal`: segments a stale driver writes from now on
+   do not count) and write the record RUNNING - both conditional, both before anything runs.
+2. A cancellation requested while no driver was alive is honoured here, before anything is
+   dispatched: run() is not executed, on_complete() runs, the run ends CANCELLED.
+3. Orchestrate run() under the determinism guards; the journal is group-committed.
+4. Before on_complete() starts, every completion is made durable (`committer.flush()`):
+   `cleanup_storage` deletes TRANSIENT objects, and a completion that points at one must never
+   be lost after the object is gone.
+5. Finish: the final record, conditional on this session's version of it.
+
+Fencing: every write and every dispatch first calls `lease.ensure()`, which trusts the lease
+only within its TTL on this process's monotonic clock. A session that finds its lease lost
+(taken over while it was frozen, or not renewable) stops where it is: in-flight attempts are
+cancelled, on_complete() does not run (a cleanup would delete what the new owner's run needs),
+no final record is written, and `LeaseLostError` is raised (CLI exit 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from application_sdk import _context
+from application_sdk.app import App, CleanupOutput, EntrypointSpec, TaskSpec
+from application_sdk.contracts import Input, Output, StorageTier
+from application_sdk.errors import (
+    ContractError,
+    NondeterminismError,
+    RunCancelledError,
+    RunFailedError,
+)
+from storage import Lease, LeaseLostError, RunRecord, RunStatus, RunStore, tier_prefix
+
+from .._runcontext import RunContext
+from ..dispatch import HeartbeatWatch, RayExecutor, shared_monitor
+from . import _guards as guards
+from ._journal import GroupCommitter, JournalIndex, commit_interval, record_details
+from ._orchestrator import Orchestrator
+from ._step import Budget, Progress, StepRunner
+
+__all__ = ["DriverSession", "app_path_of", "recorded_output"]
+
+_BUILTIN_CLEANUP_STORAGE = App.cleanup_storage.__task_spec__.fn  # type: ignore[attr-defined]
+
+log = logging.getLogger("connector_runtime")
+
+LEASE_TTL = float(os.environ.get("CONNECTOR_RUNTIME_LEASE_TTL", "30"))
+_POLL = 0.5
+_PROGRESS_EVERY = 2.0
+
+
+def recorded_output(ep: EntrypointSpec, record: RunRecord) -> Output:
+    """The stored output of a completed run, as the entry point's current Output class."""
+    try:
+        return ep.output_type.model_validate(record.output)
+    except ValueError as exc:
+        raise ContractError(
+            f"run {record.run_id}: its recorded output no longer matches "
+            f"{ep.output_type.__qualname__} ({exc.errors()[0]['msg']} at field "  # type: ignore[attr-defined]
+            f"{'.'.join(str(p) for p in exc.errors()[0]['loc'])!r}). A breaking change of "  # type: ignore[attr-defined]
+            "the run's Output needs a new model (e.g. a V2 class) or a new run id"
+        ) from exc
+
+
+def app_path_of(app_cls: type[App]) -> str:
+    """`module:Class` of an App, as the run record keeps it."""
+    return f"{app_cls.__module__}:{app_cls.__qualname__}"
+
+
+class _LeaseKeeper(threading.Thread):
+    """Renews the run's lease from a thread, so a busy event loop cannot let it expire."""
+
+    def __init__(self, lease: Lease) -> None:
+        super().__init__(name="lease-renewal", daemon=True)
+        self.lease = lease
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.lease.ttl / 3):
+            try:
+                self.lease.renew()
+            except LeaseLostError as exc:
+                log.error("%s", exc)
+                return
+            except Exception as exc:  # a store hiccup: try again next period
+                log.warning("lease renewal failed, retrying: %s", exc)
+
+
+class DriverSession:
+    """One driver's claim on one run, from lease to final record."""
+
+    def __init__(
+        self,
+        app_cls: type[App],
+        ep: EntrypointSpec,
+        inp: Input,
+        input_digest: str,
+        key_scheme: int,
+        runs: RunStore,
+        on_progress: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.app_cls = app_cls
+        self.ep = ep
+        self.inp = inp
+        self.input_digest = input_digest
+        self.key_scheme = key_scheme
+        self.runs = runs
+        self.on_progress = on_progress
+        self.progress = Progress()
+        self.cancel_reason: str | None = None
+        self.lease = Lease(runs, ttl=LEASE_TTL)
+        self.heartbeats: HeartbeatWatch | None = None
+        self.journal_version = app_cls.version
+        self.recorded_at_start: dict[str, str] = {}
+        self._token: Any = None
+        """Version of the run record this session last read or wrote."""
+
+    # -- the session -----------------------------------------------------------------------
+
+    async def execute(self, check_same_run: Callable[[RunRecord | None], None]) -> Output:
+        await asyncio.to_thread(self.lease.acquire)
+        keeper = _LeaseKeeper(self.lease)
+        keeper.start()
+        try:
+            return await self._claimed(check_same_run)
+        finally:
+            keeper.stopped.set()
+            await asyncio.to_thread(self.lease.release)
+
+    async def _claimed(self, check_same_run: Callable[[RunRecord | None], None]) -> Output:
+        runs = self.runs
+        found = await asyncio.to_thread(runs.read_run_versioned)
+        record, self._token = found if found is not None else (None, None)
+        check_same_run(record)
+        if record is not None and record.status is RunStatus.COMPLETED:
+            return recorded_output(self.ep, record)
+        load = await asyncio.to_thread(runs.load_journal)
+        for key in load.corrupt:
+            log.warning("journal segment %s failed its checksum; its tasks will run again", key)
+        for key in load.fenced:
+            log.warning("journal segment %s was written by a stale driver after a takeover; "
+                        "it is not counted", key)
+        record = self._running_record(record)
+        committer = GroupCommitter(runs, self.lease, load.next_seq.get(self.lease.epoch, 0),
+                                   interval=commit_interval(runs.store))
+        committer.start()
+        committer.append(runs.seal(self.lease.epoch, load.next_seq), urgent=True)
+        await committer.flush()
+        await self._write_record(record)
+        pending_cancel = await asyncio.to_thread(runs.cancel_request)
+        if pending_cancel is not None and pending_cancel[1] <= (record.cancel_honoured_at or 0):
+            pending_cancel = None  # honoured already: this is a resume of the cancelled run
+        index = JournalIndex(load)
+        self.recorded_at_start = {k: r["n"] for k, r in index.tasks.items()
+                                  if not k.startswith("on_complete/")}
+        run_ctx = RunContext(runs.run_id, runs.app, runs.store.url, runs.store.options or None)
+        monitor, monitor_name = await shared_monitor()
+        executor = RayExecutor(self.app_cls, run_ctx, monitor_name, admit=self.lease.ensure)
+        self.heartbeats = HeartbeatWatch(
+            monitor, runs.run_id, executor, functools.partial(record_details, index, committer))
+        budget = Budget(self.app_cls.max_task_executions, index.executions, runs.run_id)
+        steps = StepRunner(index, committer, executor, budget, self.progress,
+                           before_retry=self.heartbeats.latest_details,
+                           local=functools.partial(self._answer_locally, index))
+        orch = Orchestrator(self.app_cls, steps, index, committer, key_scheme=self.key_scheme)
+        log.info("run %s: %d task results recorded, %d segments", runs.run_id,
+                 len(index.tasks), load.segments)
+        watch = asyncio.get_running_loop().create_task(self.heartbeats.run())
+        self.load = load
+        try:
+            return await self._orchestrate(record, orch, executor, committer, pending_cancel)
+        finally:
+            watch.cancel()
+            self.heartbeats.close()
+
+    def _running_record(self, record: RunRecord | None) -> RunRecord:
+        if record is None:
+            record = RunRecord(
+                app=self.runs.app, run_id=self.runs.run_id, app_path=app_path_of(self.app_cls),
+                entrypoint=self.ep.name, input=self.inp.model_dump(mode="json"),
+                input_digest=self.input_digest, app_version=self.app_cls.version,
+                key_scheme=self.key_scheme,
+            )
+        self.journal_version = record.app_version
+        record.app_version = self.app_cls.version
+        record.status, record.error, record.finished_at = RunStatus.RUNNING, None, None
+        record.epoch = self.lease.epoch
+        return record
+
+    async def _write_record(self, record: RunRecord) -> None:
+        """Write the run record, conditional on this session's last version of it."""
+        await asyncio.to_thread(self.lease.ensure)
+        token = await asyncio.to_thread(self.runs.replace_run, record, self._token)
+        if token is None:
+            self.lease.lost = True
+            raise LeaseLostError(
+                f"run {record.run_id}: its record was changed by another driver (epoch "
+                f"{self.lease.epoch} is stale); this driver stops without recording anything"
+            )
+        self._token = token
+
+    async def _orchestrate(
+        self, record: RunRecord, orch: Orchestrator, executor: RayExecutor,
+        committer: GroupCommitter, pending_cancel: tuple[str, float] | None,
+    ) -> Output:
+        app = self.app_cls()
+        ctx = contextvars.copy_context()
+        ctx.run(_context.orchestrator.set, orch)
+        complete_ctx = ctx.copy()  # on_complete() may do what run() may not: no guards
+        orch.on_complete_context(complete_ctx)
+        loop = asyncio.get_running_loop()
+        output: Output | None = None
+        error: BaseException | None = None
+        if pending_cancel is not None:
+            self.cancel_reason = pending_cancel[0]
+            record.cancel_honoured_at = pending_cancel[1]
+            log.warning("run %s: cancellation requested while no driver was alive (%s): "
+                        "honouring it before anything runs", record.run_id, pending_cancel[0])
+            outcome = "cancelled"
+        else:
+            guards.activate(ctx, self.app_cls)
+            run_task = loop.create_task(getattr(app, self.ep.method)(self.inp), context=ctx)
+            watcher = loop.create_task(self._watch(record, run_task))
+            try:
+                output = self._check_output(await run_task)
+                self._check_divergence(record, orch)
+                outcome = "completed"
+            except asyncio.CancelledError:
+                self.cancel_reason = self.cancel_reason or "interrupted"
+                outcome = "cancelled"
+            except Exception as exc:
+                error, outcome = exc, "failed"
+            watcher.cancel()
+            await orch.close_run()  # what run() left running (gathered siblings) stops here
+            executor.cancel_all()
+        if self._lease_lost(committer, error):
+            executor.cancel_all()
+            await committer.close(raise_error=False)
+            raise self._lost(record)
+        try:
+            await committer.flush()  # nothing is deleted before what refers to it is durable
+            orch.outcome, orch.prefix = outcome, f"on_complete/{record.finish_count}/"
+            await loop.create_task(app.on_complete(), context=complete_ctx)
+        except Exception as exc:
+            if self._lease_lost(committer, exc):
+                executor.cancel_all()
+                await committer.close(raise_error=False)
+                raise self._lost(record) from None
+            log.error("run %s: on_complete() failed: %s: %s", record.run_id,
+                      type(exc).__name__, exc)
+            if outcome == "completed":
+                error, outcome, output = exc, "failed", None
+        await committer.close()
+        try:
+            await asyncio.to_thread(committer.compact, self.load)
+        except Exception as exc:  # the journal is intact without it, only slower to load
+            log.warning("run %s: journal compaction skipped: %s", record.run_id, exc)
+        return await self._finish(record, orch, outcome, output, error)
+
+    def _lease_lost(self, committer: GroupCommitter, error: BaseException | None) -> bool:
+        return (self.lease.lost or isinstance(error, LeaseLostError)
+                or isinstance(committer.error, LeaseLostError))
+
+    def _lost(self, record: RunRecord) -> LeaseLostError:
+        return LeaseLostError(
+            f"run {record.run_id}: this driver's lease (epoch {self.lease.epoch}) was lost to "
+            "another driver; it stopped without running on_complete() or recording a final "
+            "status (the new owner finishes the run)"
+        )
+
+    async def _answer_locally(self, index: JournalIndex, spec: TaskSpec,
+                              inp: Input) -> Output | None:
+        """The built-in cleanup_storage when it has nothing to do, answered in the driver: a Ray
+        task (and an S3 client in its worker) for an empty prefix cost a run on moto S3 about
+        1 s. After a failed run() it keeps everything (a resume needs it); otherwise it is
+        dispatched only if the journal records a TRANSIENT object or the run's TRANSIENT prefix
+        lists anything (an attempt that uploaded, then failed, leaves unrecorded objects)."""
+        if spec.fn is not _BUILTIN_CLEANUP_STORAGE:
+            return None
+        if getattr(inp, "outcome", "") == "failed":
+            return CleanupOutput(deleted=0)
+        if any(obj.get("t") == StorageTier.TRANSIENT.value for obj in index.objects):
+            return None
+        prefix = tier_prefix(StorageTier.TRANSIENT, self.runs.app, self.runs.run_id)
+        if await asyncio.to_thread(self.runs.store.list, prefix):
+            return None
+        return CleanupOutput(deleted=0)
+
+    def _check_divergence(self, record: RunRecord, orch: Orchestrator) -> None:
+        """A resumed run() that no longer asks for recorded tasks is reported, not ignored."""
+        missing = sorted(f"{name} ({key})" for key, name in self.recorded_at_start.items()
+                         if key not in orch.requested)
+        if not missing:
+            return
+        new = sorted(k for k in orch.requested if k not in self.recorded_at_start)
+        app = self.app_cls.__qualname__
+        if self.app_cls.version > self.journal_version:
+            record.warnings.append(
+                f"run() of {app} version {self.app_cls.version} no longer asks for "
+                f"{len(missing)} call(s) recorded by version {self.journal_version}: "
+                f"{', '.join(missing[:20])}; accepted because App.version was bumped"
+            )
+            log.warning("%s", record.warnings[-1])
+            return
+        raise NondeterminismError(
+            f"run {record.run_id} diverged from its journal: run() did not ask again for "
+            f"recorded call(s) {', '.join(missing[:20])}"
+            + (f"; it asked instead for {', '.join(new[:20])}" if new else "")
+            + f". run() must replay the same way; if {app}.run() was changed on purpose, "
+            f"bump {app}.version (now {self.app_cls.version}) to accept the change"
+        )
+
+    def _check_output(self, value: Any) -> Output:
+        expected = self.ep.output_type
+        if isinstance(value, expected):
+            return value
+        if isinstance(value, dict):
+            return expected.model_validate(value)
+        raise TypeError(
+            f"{self.app_cls.__qualname__}.{self.ep.method}() returned "
+            f"{type(value).__qualname__}, expected {expected.__qualname__}"
+        )
+
+    async def _finish(
+        self, record: RunRecord, orch: Orchestrator, outcome: str, output: Output | None,
+        error: BaseException | None,
+    ) -> Output:
+        record.status = {"completed": RunStatus.COMPLETED, "failed": RunStatus.FAILED,
+                         "cancelled": RunStatus.CANCELLED}[outcome]
+        record.output = output.model_dump(mode="json") if output is not None else None
+        record.finish_count += 1
+        record.finished_at = time.time()
+        record.progress = self.progress.snapshot()
+        failure = self._failure(orch, error)
+        if error is not None:
+            record.error = {"type": failure.get("type", type(error).__name__),
+                            "message": failure.get("reason", str(error)),
+                            **({"task": failure["task"]} if "task" in failure else {}),
+                            "non_retryable": failure.get("non_retryable", False)}
+        elif outcome == "cancelled":
+            record.error = {"type": "Cancelled", "message": self.cancel_reason or "cancelled"}
+        await self._write_record(record)
+        if self.on_progress is not None:
+            self.on_progress(record.progress)
+        if outcome == "completed":
+            assert output is not None
+            return output
+        if outcome == "cancelled":
+            raise RunCancelledError(f"run {record.run_id} was cancelled ({self.cancel_reason})")
+        raise RunFailedError(f"run {record.run_id} failed: {record.error['message']}") \
+            from error
+
+    @staticmethod
+    def _failure(orch: Orchestrator, error: BaseException | None) -> dict[str, Any]:
+        """What failed the run: the task, its error type and the reason, once."""
+        if error is None:
+            return {}
+        for failure in orch.steps.failures:
+            if failure.error is error:
+                return {"task": failure.task, "type": failure.type_name,
+                        "reason": failure.reason, "non_retryable": failure.non_retryable}
+        from .._errors import is_non_retryable
+
+        return {"type": type(error).__name__, "reason": f"{type(error).__name__}: {error}",
+                "non_retryable": is_non_retryable(error)}
+
+    async def _watch(self, record: RunRecord, run_task: asyncio.Task[Any]) -> None:
+        """Poll for cancellation requests and lease loss; publish progress."""
+        last_written: dict[str, int] = {}
+        last_write = 0.0
+        while not run_task.done():
+            await asyncio.sleep(_POLL)
+            if self.lease.lost:
+                self.cancel_reason = "lease lost to another driver"
+                run_task.cancel()
+                return
+            request = await asyncio.to_thread(self.runs.cancel_request)
+            if request is not None and request[1] > (record.cancel_honoured_at or 0):
+                self.cancel_reason = request[0]
+                record.cancel_honoured_at = request[1]
+                run_task.cancel()
+                return
+            snap: dict[str, Any] = self.progress.snapshot()
+            if self.heartbeats is not None and self.heartbeats.stalled:
+                snap["stalled"] = {k: round(v) for k, v in self.heartbeats.stalled.items()}
+            if self.on_progress is not None:
+                self.on_progress(snap)
+            if snap != last_written and time.monotonic() - last_write > _PROGRESS_EVERY:
+                record.progress, last_written, last_write = snap, snap, time.monotonic()
+                try:
+                    await self._write_record(record)
+                except LeaseLostError as exc:
+                    log.error("%s", exc)
+                    run_task.cancel()
+                    return
