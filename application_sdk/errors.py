@@ -15,6 +15,7 @@ __all__ = [
     "NondeterminismError",
     "PayloadSafetyError",
     "PayloadTooLargeError",
+    "ProgressStalledError",
     "RunCancelledError",
     "RunFailedError",
     "StorageIntegrityError",
@@ -86,7 +87,15 @@ class RunCancelledError(AppError):
 
 class HeartbeatTimeoutError(AppError):
     """An attempt sent no heartbeat for heartbeat_timeout_seconds (frozen process, lost node),
-    or, with `enforce_progress`, reported no new heartbeat details for max_no_progress_seconds."""
+    or, with `enforce_progress`, reported no new heartbeat details for max_no_progress_seconds.
+
+    Silence is retried like a lost worker (the retry budget is not spent, `max_worker_losses`
+    bounds it); stalled progress (`ProgressStalledError`) spends the retry budget."""
+
+
+class ProgressStalledError(HeartbeatTimeoutError):
+    """With `enforce_progress`: the attempt beats but its heartbeat details stopped changing
+    for max_no_progress_seconds (its process lives; the task itself is stuck)."""
 
 
 class TaskUnschedulableError(NonRetryableError):

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+import msgpack
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -261,7 +262,7 @@ def test_cleanup_storage_with_nothing_to_delete_is_answered_by_the_driver(
     assert record["a"] == 0  # recorded, never dispatched to Ray
 
 
-def test_cleanup_storage_still_runs_for_unrecorded_objects_in_the_prefix(
+def test_cleanup_storage_deletes_unrecorded_objects_in_the_prefix_too(
         ray_session, file_store, tmp_path):
     # an attempt that uploaded its output and then failed leaves objects no record names
     from .apps.counting import BatchInput, CountingApp
@@ -272,4 +273,5 @@ def test_cleanup_storage_still_runs_for_unrecorded_objects_in_the_prefix(
     run_app(CountingApp, BatchInput(count_file=str(tmp_path / "c"), n=2), run_id="orphans",
             store=file_store)
     record = _cleanup_record(store, "CountingApp", "orphans")
-    assert record["a"] == 1 and store.read(orphan) is None
+    assert store.read(orphan) is None  # the whole prefix goes, recorded or not
+    assert record["a"] == 0 and msgpack.unpackb(record["o"])["deleted"] == 1

@@ -32,3 +32,24 @@ def test_removing_the_node_of_a_running_task(s3_url, tmp_path, nodes, tasks):
     assert report["removed"] not in report["task_nodes"]
     if tasks > 1:  # the extraction spread over the nodes that remained
         assert report["output"]["nodes"] == len(report["task_nodes"]) == nodes - 1
+
+
+def test_a_node_that_freezes_is_caught_by_heartbeats_without_spending_retries(s3_url,
+                                                                             tmp_path):
+    """SIGSTOP instead of removal: Ray still thinks the node alive for a while, only the
+    heartbeat watchdog notices. Its silence is a lost worker (the task allows one attempt),
+    and the watchdog does not go blind: the monitor it asks lives on the driver's node."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.scenarios.node_loss", s3_url, str(tmp_path),
+         "--nodes", "2", "--tasks", "1", "--freeze"],
+        capture_output=True, text=True, timeout=280,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, proc.stderr[-3000:]
+    report = json.loads(line[len("RESULT "):])
+    assert "error" not in report, report["error"]
+    assert report["output"]["parts"] == 1
+    assert [f["kind"] for f in report["failures"]] == ["heartbeat"]
+    assert report["monitor_nodes"] == [report["head"]]  # not on the node that froze
+    assert report["removed"] not in report["task_nodes"]

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from ray import exceptions as rx
 
 from application_sdk.app import RetryPolicy, TaskOptions
-from application_sdk.errors import HeartbeatTimeoutError, TaskTimeoutError, WorkerLostError
+from application_sdk.errors import (
+    HeartbeatTimeoutError,
+    ProgressStalledError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
 
 from .._errors import error_type_names, is_non_retryable
 
@@ -33,7 +38,16 @@ class FailureKind(enum.StrEnum):
     LOST = "lost"
     """The worker or node running it died."""
     HEARTBEAT = "heartbeat"
-    """No heartbeat for heartbeat_timeout_seconds (or no progress, when enforced)."""
+    """No heartbeat for heartbeat_timeout_seconds: a frozen process or a silent node, retried
+    like a lost worker."""
+    STALLED = "stalled"
+    """Heartbeat details unchanged for max_no_progress_seconds, with enforce_progress."""
+
+    @property
+    def lost(self) -> bool:
+        """Whether the attempt's worker or node is gone or silent (not the task's fault): such
+        failures are bounded by max_worker_losses, not the retry policy."""
+        return self in (FailureKind.LOST, FailureKind.HEARTBEAT)
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,8 @@ def classify(exc: BaseException, timeout: float | None = None) -> Failure:
         return Failure(FailureKind.LOST, err, error_type_names(err))
     if isinstance(exc, WorkerLostError):
         return Failure(FailureKind.LOST, exc, error_type_names(exc))
+    if isinstance(exc, ProgressStalledError):
+        return Failure(FailureKind.STALLED, exc, error_type_names(exc))
     if isinstance(exc, HeartbeatTimeoutError):
         return Failure(FailureKind.HEARTBEAT, exc, error_type_names(exc))
     return Failure(FailureKind.ERROR, exc, error_type_names(exc))
@@ -100,9 +116,10 @@ def decide(
 ) -> Decision:
     """Retry or give up. `failed_attempts` and `worker_losses` include this failure."""
     policy: RetryPolicy = options.retry_policy
-    if failure.kind is FailureKind.LOST:
+    if failure.kind.lost:
         if worker_losses > options.max_worker_losses:
-            return Decision(False, reason=f"lost its worker {worker_losses} times")
+            return Decision(False, reason=f"lost its worker {worker_losses} times "
+                                          f"(max_worker_losses={options.max_worker_losses})")
         return Decision(True, 0.0)
     if is_non_retryable(failure.error):
         return Decision(False, reason="the error is non-retryable", non_retryable=True)

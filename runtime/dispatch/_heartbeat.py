@@ -13,11 +13,19 @@ for a snapshot once a second (one actor call, whatever the number of tasks) and:
 
 Ages are measured on the monitor's clock, so clock skew between nodes does not matter. An
 attempt is watched from its first beat: a task waiting in Ray's queue is not "silent".
+
+The monitor lives on the driver's node (node affinity, not soft): placed anywhere, it could sit
+on a node that freezes, and the watch - which asked it for snapshots without a deadline - went
+blind exactly when it was needed. The watch bounds each snapshot request (`SNAPSHOT_TIMEOUT`);
+a monitor silent for `REPLACE_AFTER` requests in a row is replaced by a new actor under a new
+name, which attempts dispatched from then on beat to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import os
 import time
@@ -25,8 +33,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from application_sdk.errors import HeartbeatTimeoutError
+from application_sdk.errors import HeartbeatTimeoutError, ProgressStalledError
 
 from .._runcontext import NAMESPACE
 
@@ -71,6 +80,7 @@ class HeartbeatMonitor:
 
 
 _monitors: dict[str, tuple[Any, str]] = {}
+_generation = itertools.count()
 
 
 class Attempts(Protocol):
@@ -84,20 +94,34 @@ class Attempts(Protocol):
     def kill(self, key: str, error: BaseException) -> None: ...
 
 
-async def shared_monitor() -> tuple[Any, str]:
+SNAPSHOT_TIMEOUT = 5.0
+"""Seconds the watch waits for one snapshot from the monitor."""
+REPLACE_AFTER = 3
+"""Snapshot requests in a row the monitor may leave unanswered before it is replaced."""
+
+
+async def shared_monitor(replace: bool = False) -> tuple[Any, str]:
     """The driver process's monitor actor, started once and shared by its runs.
 
     Waiting until it is up matters: beats a worker sends to an actor that is still starting
     are lost if that worker dies, and with them the heartbeat details a retry needs. Starting
     an actor costs ~1 s here, so it is paid once per driver process, not once per run.
+    `replace=True` kills the current one and starts another under a new name.
     """
     job = ray.get_runtime_context().get_job_id()
+    if replace and job in _monitors:
+        old, _ = _monitors.pop(job)
+        with contextlib.suppress(Exception):
+            ray.kill(old, no_restart=True)
     if job not in _monitors:
         # Attempts carry the actor's name, not its handle: a string costs nothing to send,
         # and a worker looks the actor up only when it first has a beat to send.
-        name = f"heartbeats-{job}-{os.getpid()}"
+        name = f"heartbeats-{job}-{os.getpid()}-{next(_generation)}"
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                              soft=False)
         actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(HeartbeatMonitor)
-        _monitors[job] = (actor.options(name=name, namespace=NAMESPACE).remote(), name)
+        _monitors[job] = (actor.options(name=name, namespace=NAMESPACE,
+                                        scheduling_strategy=here).remote(), name)
     monitor, name = _monitors[job]
     await asyncio.wait_for(asyncio.wrap_future(monitor.__ray_ready__.remote().future()), 60)
     return monitor, name
@@ -111,8 +135,12 @@ class HeartbeatWatch:
         executor: Attempts,
         on_details: Callable[[str, Any], None],
         period: float = 1.0,
+        on_replaced: Callable[[str], None] | None = None,
     ) -> None:
         self.monitor = monitor
+        self.on_replaced = on_replaced
+        """Called with the new monitor's name when a silent monitor was replaced."""
+        self._silent = 0
         self.run_id = run_id
         self.executor = executor
         self.on_details = on_details
@@ -132,11 +160,29 @@ class HeartbeatWatch:
         while True:
             await asyncio.sleep(self.period)
             try:
-                now, beats = await self.monitor.snapshot.remote(self.run_id)
-            except Exception as exc:  # the monitor restarts; attempts keep their timeouts
-                log.warning("heartbeat monitor unavailable: %s", exc)
+                now, beats = await asyncio.wait_for(
+                    asyncio.wrap_future(self.monitor.snapshot.remote(self.run_id).future()),
+                    SNAPSHOT_TIMEOUT)
+            except Exception as exc:  # restarting, or silent: attempts keep their timeouts
+                self._silent += 1
+                log.warning("heartbeat monitor did not answer (%d in a row): %s",
+                            self._silent, type(exc).__name__)
+                if self._silent >= REPLACE_AFTER:
+                    await self._replace()
                 continue
+            self._silent = 0
             self.check(now, beats)
+
+    async def _replace(self) -> None:
+        try:
+            self.monitor, name = await shared_monitor(replace=True)
+        except Exception as exc:
+            log.error("heartbeat monitor could not be replaced: %s", exc)
+            return
+        self._silent = 0
+        log.warning("heartbeat monitor replaced by %s", name)
+        if self.on_replaced is not None:
+            self.on_replaced(name)
 
     def check(self, now: float, beats: dict[str, list[Any]]) -> None:
         running = self.executor.running
@@ -167,7 +213,7 @@ class HeartbeatWatch:
         if limit and no_progress > limit:
             self.stalled[key] = no_progress
             if opts.enforce_progress:
-                self.executor.kill(key, HeartbeatTimeoutError(
+                self.executor.kill(key, ProgressStalledError(
                     f"task {attempt.task}: heartbeat details unchanged for {no_progress:.0f}s "
                     f"(max_no_progress_seconds={limit}, enforced)"))
         else:

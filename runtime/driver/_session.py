@@ -34,17 +34,18 @@ from typing import Any
 
 from application_sdk import _context
 from application_sdk.app import App, CleanupOutput, EntrypointSpec, TaskSpec
-from application_sdk.contracts import Input, Output, StorageTier
+from application_sdk.contracts import Input, Output
 from application_sdk.errors import (
     ContractError,
     NondeterminismError,
     RunCancelledError,
     RunFailedError,
 )
-from storage import Lease, LeaseLostError, RunRecord, RunStatus, RunStore, tier_prefix
+from storage import Lease, LeaseLostError, RunRecord, RunStatus, RunStore
 
 from .._runcontext import RunContext
 from ..dispatch import HeartbeatWatch, RayExecutor, shared_monitor
+from ..worker import cleanup_scratch, cleanup_transient
 from . import _guards as guards
 from ._journal import GroupCommitter, JournalIndex, commit_interval, record_details
 from ._orchestrator import Orchestrator
@@ -53,6 +54,7 @@ from ._step import Budget, Progress, StepRunner
 __all__ = ["DriverSession", "app_path_of", "recorded_output"]
 
 _BUILTIN_CLEANUP_STORAGE = App.cleanup_storage.__task_spec__.fn  # type: ignore[attr-defined]
+_BUILTIN_CLEANUP_FILES = App.cleanup_files.__task_spec__.fn  # type: ignore[attr-defined]
 
 log = logging.getLogger("connector_runtime")
 
@@ -126,6 +128,7 @@ class DriverSession:
         self.recorded_at_start: dict[str, str] = {}
         self._token: Any = None
         """Version of the run record this session last read or wrote."""
+        self._record_lock = threading.Lock()
 
     # -- the session -----------------------------------------------------------------------
 
@@ -169,11 +172,12 @@ class DriverSession:
         monitor, monitor_name = await shared_monitor()
         executor = RayExecutor(self.app_cls, run_ctx, monitor_name, admit=self.lease.ensure)
         self.heartbeats = HeartbeatWatch(
-            monitor, runs.run_id, executor, functools.partial(record_details, index, committer))
+            monitor, runs.run_id, executor, functools.partial(record_details, index, committer),
+            on_replaced=functools.partial(setattr, executor, "monitor"))
         budget = Budget(self.app_cls.max_task_executions, index.executions, runs.run_id)
         steps = StepRunner(index, committer, executor, budget, self.progress,
                            before_retry=self.heartbeats.latest_details,
-                           local=functools.partial(self._answer_locally, index))
+                           local=functools.partial(self._answer_locally, run_ctx))
         orch = Orchestrator(self.app_cls, steps, index, committer, key_scheme=self.key_scheme)
         log.info("run %s: %d task results recorded, %d segments", runs.run_id,
                  len(index.tasks), load.segments)
@@ -201,15 +205,23 @@ class DriverSession:
 
     async def _write_record(self, record: RunRecord) -> None:
         """Write the run record, conditional on this session's last version of it."""
-        await asyncio.to_thread(self.lease.ensure)
-        token = await asyncio.to_thread(self.runs.replace_run, record, self._token)
-        if token is None:
-            self.lease.lost = True
-            raise LeaseLostError(
-                f"run {record.run_id}: its record was changed by another driver (epoch "
-                f"{self.lease.epoch} is stale); this driver stops without recording anything"
-            )
-        self._token = token
+        await asyncio.to_thread(self._write_record_now, record)
+
+    def _write_record_now(self, record: RunRecord) -> None:
+        # In the thread, under a lock, token update included: a coroutine cancelled while it
+        # awaited a write (the progress writer, when run() ends) does not stop the thread,
+        # and the next write must start from the version that write made.
+        with self._record_lock:
+            self.lease.ensure()
+            token = self.runs.replace_run(record, self._token)
+            if token is None:
+                self.lease.lost = True
+                raise LeaseLostError(
+                    f"run {record.run_id}: its record was changed by another driver (epoch "
+                    f"{self.lease.epoch} is stale); this driver stops without recording "
+                    "anything"
+                )
+            self._token = token
 
     async def _orchestrate(
         self, record: RunRecord, orch: Orchestrator, executor: RayExecutor,
@@ -280,23 +292,24 @@ class DriverSession:
             "status (the new owner finishes the run)"
         )
 
-    async def _answer_locally(self, index: JournalIndex, spec: TaskSpec,
+    async def _answer_locally(self, run: RunContext, spec: TaskSpec,
                               inp: Input) -> Output | None:
-        """The built-in cleanup_storage when it has nothing to do, answered in the driver: a Ray
-        task (and an S3 client in its worker) for an empty prefix cost a run on moto S3 about
-        1 s. After a failed run() it keeps everything (a resume needs it); otherwise it is
-        dispatched only if the journal records a TRANSIENT object or the run's TRANSIENT prefix
-        lists anything (an attempt that uploaded, then failed, leaves unrecorded objects)."""
-        if spec.fn is not _BUILTIN_CLEANUP_STORAGE:
-            return None
-        if getattr(inp, "outcome", "") == "failed":
-            return CleanupOutput(deleted=0)
-        if any(obj.get("t") == StorageTier.TRANSIENT.value for obj in index.objects):
-            return None
-        prefix = tier_prefix(StorageTier.TRANSIENT, self.runs.app, self.runs.run_id)
-        if await asyncio.to_thread(self.runs.store.list, prefix):
-            return None
-        return CleanupOutput(deleted=0)
+        """The built-in cleanup tasks, answered in the driver (journaled as attempt 0).
+
+        Dispatched as Ray tasks they cost a worker (and an S3 client in it) each, about 1 s of
+        a run on moto S3; worse, a cleanup task that Ray places on a node that froze never
+        starts, so it never beats, and the run waited for its timeout. In the driver,
+        cleanup_storage deletes the run's TRANSIENT prefix (nothing after a failed run(): a
+        resume replays outputs that point at it), and cleanup_files deletes this node's
+        scratch folder of the run and asks every other alive node for its own, waiting a
+        bounded time (`runtime.worker.cleanup_scratch`)."""
+        if spec.fn is _BUILTIN_CLEANUP_STORAGE:
+            if getattr(inp, "outcome", "") == "failed":
+                return CleanupOutput(deleted=0)
+            return CleanupOutput(deleted=await asyncio.to_thread(cleanup_transient, run))
+        if spec.fn is _BUILTIN_CLEANUP_FILES:
+            return CleanupOutput(deleted=await asyncio.to_thread(cleanup_scratch, run, False))
+        return None
 
     def _check_divergence(self, record: RunRecord, orch: Orchestrator) -> None:
         """A resumed run() that no longer asks for recorded tasks is reported, not ignored."""

@@ -20,7 +20,7 @@ from application_sdk.contracts import Input, Output
 from application_sdk.errors import ContractError, TaskBudgetExceededError
 from storage import LeaseLostError
 
-from ..dispatch import FailureKind, classify, decide
+from ..dispatch import classify, decide
 from ..worker import objects_in
 from ._journal import GroupCommitter, JournalIndex
 
@@ -187,7 +187,7 @@ class StepRunner:
                 return output
             finally:
                 self.progress.running -= 1
-            if failure.kind is FailureKind.LOST:
+            if failure.kind.lost:
                 losses += 1
             else:
                 failed += 1

@@ -24,7 +24,9 @@ __all__ = ["cleanup_scratch", "cleanup_transient", "delete_run_scratch"]
 
 log = logging.getLogger("connector_runtime")
 
-_NODE_TIMEOUT = 60.0
+_NODE_TIMEOUT = 10.0
+"""Seconds cleanup waits for other nodes: one that froze (Ray still thinks it alive) keeps its
+temp files, and the run is not held up by it."""
 
 
 def delete_run_scratch(app_name: str, run_id: str) -> int:
@@ -36,13 +38,17 @@ def delete_run_scratch(app_name: str, run_id: str) -> int:
     return delete_local(folder, [root])
 
 
-def cleanup_scratch(run: RunContext) -> int:
-    """Delete this run's scratch folders on every alive node; returns how many files went."""
-    count = delete_run_scratch(run.app_name, run.run_id)
-    return count + _on_other_nodes(run)
+def cleanup_scratch(run: RunContext, here: bool = True) -> int:
+    """Delete this run's scratch folders on every alive node; returns how many files went.
+
+    `here=False` (the driver): this process's own scratch root is not the workers' (a node's
+    raylet may set CONNECTOR_RUNTIME_SCRATCH), so every node, its own included, is asked
+    through a task pinned to it."""
+    count = delete_run_scratch(run.app_name, run.run_id) if here else 0
+    return count + _on_nodes(run, include_this_one=not here)
 
 
-def _on_other_nodes(run: RunContext) -> int:
+def _on_nodes(run: RunContext, include_this_one: bool) -> int:
     try:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -50,7 +56,7 @@ def _on_other_nodes(run: RunContext) -> int:
         return 0
     if not ray.is_initialized():
         return 0
-    here = ray.get_runtime_context().get_node_id()
+    here = None if include_this_one else ray.get_runtime_context().get_node_id()
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
     if not nodes:
         return 0

@@ -49,3 +49,11 @@ class SpreadApp(App):
         parts = await asyncio.gather(*(self.part(Part(folder=input.folder, index=i))
                                        for i in range(input.n)))
         return SpreadDone(parts=len(parts), nodes=len({p.node for p in parts}))
+
+
+class FreezeApp(SpreadApp):
+    """SpreadApp with a short heartbeat timeout: a frozen node is noticed by its silence."""
+
+    @task(name="part", retry_policy=RetryPolicy(max_attempts=1), heartbeat_timeout_seconds=3)
+    async def part(self, input: Part) -> PartDone:
+        return await SpreadApp.part.__wrapped__(self, input)
