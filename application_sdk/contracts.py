@@ -170,8 +170,9 @@ def _warn_unknown_keys(cls: type[BaseModel], data: Any) -> None:
 
 def _secret_field(tp: Any, seen: set[int]) -> str | None:
     """How `tp` holds a pydantic secret type (SecretStr, SecretBytes, Secret[...]), or None."""
-    if isinstance(tp, type) and issubclass(tp, (SecretStr, SecretBytes, Secret)):
-        return f"is typed {tp.__name__}"
+    base = typing.get_origin(tp) or tp  # Secret[str] is a generic alias of Secret
+    if isinstance(base, type) and issubclass(base, (SecretStr, SecretBytes, Secret)):
+        return f"is typed {getattr(tp, '__name__', None) or base.__name__}"
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         if id(tp) in seen:
             return None
@@ -206,8 +207,8 @@ class Input(_Contract):
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        check_no_secrets(cls)  # first: `list[SecretStr]` is a secret before it is unbounded
         super().__pydantic_init_subclass__(**kwargs)
-        check_no_secrets(cls)
 
     @model_validator(mode="before")
     @classmethod
