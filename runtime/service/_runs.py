@@ -179,8 +179,12 @@ class RunService:
         launch = self.launches.get(run_id)
         ids = {"workflow_id": run_id, "run_id": run_id}
         if record is None or record.status.finished:
-            if launch is not None and self.launcher.alive(launch):
-                self.launcher.stop(launch)  # not claimed yet (or resuming): stop the driver
+            # A driver launched after the run finished is resuming it and has not claimed it
+            # yet: stop that driver. One launched before is the one that finished it.
+            resuming = launch is not None and (
+                record is None or launch.started_at > (record.finished_at or 0))
+            if resuming and self.launcher.alive(launch):
+                self.launcher.stop(launch)
                 return Answer(200, True, f"run {run_id}: its starting driver was stopped",
                               {**ids, "state": "CANCELLING", "driver": launch.describe()})
             if record is None:
