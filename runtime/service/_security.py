@@ -26,7 +26,8 @@ OPEN_PATHS = frozenset({"/health", "/ready"})
 
 
 def envelope_bytes(message: str) -> bytes:
-    return json.dumps({"success": False, "message": message, "data": None}).encode()
+    return json.dumps({"success": False, "message": message, "data": None},
+                      separators=(",", ":")).encode()
 
 
 async def _answer(send: Send, status: int, message: str,
