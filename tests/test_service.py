@@ -313,6 +313,10 @@ def test_metadata_route_answers_sql_objects(api):
         "credentials": [], "connection_config": {}, "object_filter": "s"})
     assert res.status_code == 200
     assert res.json()["data"] == {"objects": [{"TABLE_CATALOG": "demo", "TABLE_SCHEMA": "sales"}]}
+    capped = api.post("/workflows/v1/metadata", json={
+        "credentials": [], "connection_config": {}, "max_objects": 1})
+    assert capped.json()["message"] == "1 of 3 object(s) (max_objects)"
+    assert len(capped.json()["data"]["objects"]) == 1
     missing = api.post("/workflows/v1/metadata", json={"credentials": []})
     assert missing.status_code == 422 and "'connection_config'" in missing.json()["message"]
 
@@ -620,6 +624,45 @@ def test_metrics_are_derived_from_the_store_journal_times_included(spawn, tmp_pa
     assert val(h + "_bucket", le="5.0", task="square", outcome="timeout") == 0
     assert val(h + "_bucket", le="10.0", task="square", outcome="timeout") == 1
     assert val("connector_runtime_attempt_queue_seconds_sum", **done) == pytest.approx(1.5)
+
+
+def test_a_corrupt_run_record_answers_500_naming_it_and_the_rest_keeps_working(service, api):
+    runs = RunStore(open_store(service.store), APP_NAME, "corrupt-1")
+    runs.write_run(RunRecord(app=APP_NAME, run_id="corrupt-1", app_path=APP,
+                             entrypoint="mine_queries", input={"days": 1}, input_digest="d"))
+    path = Path(service.store) / "runs" / APP_NAME / "corrupt-1" / "run.msgpack"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    path.write_bytes(bytes(data))
+    res = api.get("/workflows/v1/status/corrupt-1")
+    assert res.status_code == 500, res.text
+    assert res.json()["message"].startswith("the store holds a corrupt record:")
+    assert "runs/ServiceApp/corrupt-1/run.msgpack" in res.json()["message"]
+    assert "Traceback" not in res.text
+    started = api.post("/workflows/v1/start", params={"entrypoint": "mine-queries",
+                                                      "run_id": "corrupt-1"}, json={"days": 1})
+    assert started.status_code == 500 and path.read_bytes() == bytes(data)  # nothing launched
+    listed = api.get("/workflows/v1/runs")
+    assert listed.status_code == 200
+    assert "corrupt-1" not in [r["run_id"] for r in listed.json()["data"]]
+    assert api.get("/metrics").status_code == 200
+
+
+def test_ready_answers_503_when_the_store_and_ray_do_not(spawn, tmp_path):
+    closed = free_port()  # nothing listens there
+    svc = spawn(store="s3://nowhere-bucket/store", env={
+        "RAY_ADDRESS": f"127.0.0.1:{closed}", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{closed}",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}", "AWS_MAX_ATTEMPTS": "1"})
+    res = svc.client().get("/ready", timeout=30)
+    assert res.status_code == 503, res.text
+    assert res.json()["success"] is False
+    assert res.json()["data"] == {"store": {"ok": False}, "ray": {"ok": False},
+                                  "launcher": "process"}
+    assert svc.client().get("/health").status_code == 200
+    status = svc.client().get("/workflows/v1/status/any-run", timeout=60)
+    assert status.status_code == 503 and status.json()["message"].startswith(
+        "the store did not answer:")
+    assert "Ray at 127.0.0.1" in svc.output()  # the details went to the log
 
 
 # ---- crashes --------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from application_sdk.errors import DefinitionError
 from application_sdk.handler import AuthStatus, PreflightStatus
-from storage import StoreError
+from storage import CorruptRecordError, StoreError
 
 from .._errors import InputValidationError
 from ..driver import validate_input
@@ -71,7 +71,7 @@ def _handler_endpoint(runner: HandlerRunner, method: str, in_t: type[BaseModel])
             return envelope(Answer(504, False, str(exc)))
         except HandlerFailed as exc:
             return envelope(Answer(500, False, str(exc)))
-        return envelope(_handler_answer(method, output))
+        return envelope(_handler_answer(method, output, inp))
 
     endpoint.__name__ = method
     endpoint.__doc__ = getattr(runner.handler_cls, method).__doc__
@@ -83,7 +83,7 @@ def _fields(exc: ValidationError) -> str:
                      for e in exc.errors())
 
 
-def _handler_answer(method: str, output: Any) -> Answer:
+def _handler_answer(method: str, output: Any, inp: Any) -> Answer:
     if method == "test_auth":
         if output.status is AuthStatus.SUCCESS:
             return Answer(200, True, output.message or "authenticated", output)
@@ -95,7 +95,12 @@ def _handler_answer(method: str, output: Any) -> Answer:
             data["failed_checks"] = [c for c in data["checks"] if not c["passed"]]
             return Answer(200, False, output.message or "not ready", data)
         return Answer(200, True, output.message or output.status.value.lower(), data)
-    return Answer(200, True, f"{len(output.objects)} object(s)", output)
+    found = len(output.objects)
+    if found > inp.max_objects:
+        output = output.model_copy(update={"objects": output.objects[:inp.max_objects]})
+        return Answer(200, True, f"{inp.max_objects} of {found} object(s) (max_objects)",
+                      output)
+    return Answer(200, True, f"{found} object(s)", output)
 
 
 # ---- runs ------------------------------------------------------------------------------------
@@ -167,6 +172,8 @@ def _store_error(exc: StoreError) -> Answer:
     text = str(exc)
     if text.startswith("invalid run id"):
         return Answer(422, False, f"run_id: {text}")
+    if isinstance(exc, CorruptRecordError):
+        return Answer(500, False, f"the store holds a corrupt record: {text}")
     return Answer(503, False, f"the store did not answer: {text}")
 
 

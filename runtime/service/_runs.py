@@ -203,9 +203,11 @@ class RunService:
         now = time.time()
         for run_id, launch in list(self.launches.items()):
             old = now - launch.started_at > _FORGET_AFTER
-            # A local driver is polled every time (that reaps it: a zombie would look like a
-            # live lease holder); a Ray job, an HTTP request, only once it may be forgotten.
-            if (old or launch.proc is not None) and not self.launcher.alive(launch) and old:
+            if launch.proc is None and not old:
+                continue  # a Ray job: asking costs a request, so only once it may be forgotten
+            # A local driver is polled every time: that reaps it (a zombie would look like a
+            # live lease holder).
+            if not self.launcher.alive(launch) and old:
                 self.launches.pop(run_id, None)
 
     async def resume_orphans(self) -> list[str]:
