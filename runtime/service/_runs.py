@@ -39,6 +39,8 @@ log = logging.getLogger("connector_runtime.service")
 _FORGET_AFTER = 600.0
 """Seconds a finished launch is remembered (to explain a driver that died before claiming)."""
 _POLL = 0.2
+_RELEASE_WAIT = 10.0
+"""Seconds a start waits for the driver that just finished a run to release its lease."""
 
 
 @dataclass
@@ -95,11 +97,19 @@ class RunService:
     def _at_work(self, record: RunRecord | None, run_id: str) -> str | None:
         """Why no driver should be launched for this run now (None: launch one)."""
         launch = self.launches.get(run_id)
-        if launch is not None and self.launcher.alive(launch):
+        finished_by_it = launch is not None and record is not None and \
+            record.status.finished and launch.started_at <= (record.finished_at or 0)
+        if launch is not None and not finished_by_it and self.launcher.alive(launch):
             return f"its driver {_launch_label(launch)} was started by this service"
-        if record is not None and record.status is RunStatus.RUNNING and \
-                driver_alive(self.store, record):
+        if record is None or not driver_alive(self.store, record):
+            return None
+        if record.status is RunStatus.RUNNING:
             return "a live driver holds its lease"
+        # Finished, its driver still winding down: it releases the lease right after writing
+        # the final status. A new driver launched before that would be refused (exit 3).
+        deadline = time.monotonic() + _RELEASE_WAIT
+        while time.monotonic() < deadline and driver_alive(self.store, record):
+            time.sleep(_POLL / 2)
         return None
 
     @asynccontextmanager
@@ -138,6 +148,15 @@ class RunService:
                        "error": {"type": "DriverExited", "message":
                                  f"driver exit code {launch.exit_code} before claiming"}})
 
+    def _resuming(self, record: RunRecord) -> Launch | None:
+        """The driver this replica launched to resume a finished (failed, cancelled) run,
+        while it has not claimed the run yet: the record still shows the last finish."""
+        launch = self.launches.get(record.run_id)
+        if launch is None or not record.status.finished or \
+                launch.started_at <= (record.finished_at or 0):
+            return None
+        return launch if self.launcher.alive(launch) else None
+
     def status(self, run_id: str) -> Answer:
         record = read_run(self.store, self.app.name, run_id)
         if record is None:
@@ -145,13 +164,19 @@ class RunService:
         info = {"workflow_id": run_id, **describe(self.store, record)}
         if record.status is RunStatus.RUNNING:
             info["driver_alive"] = driver_alive(self.store, record)
+        resuming = self._resuming(record)
+        if resuming is not None:
+            info["resuming"] = resuming.describe()
+            return Answer(200, True, f"run {run_id} is {record.status.value}, being resumed: "
+                          "its driver has not claimed it yet", info)
         return Answer(200, True, f"run {run_id} is {record.status.value}", info)
 
     async def result(self, run_id: str, wait: float) -> Answer:
         deadline = time.monotonic() + wait
         while True:
             record = await asyncio.to_thread(read_run, self.store, self.app.name, run_id)
-            if record is not None and record.status.finished:
+            if record is not None and record.status.finished and \
+                    await asyncio.to_thread(self._resuming, record) is None:
                 return _final(record)
             if record is None:
                 pending = await asyncio.to_thread(self._pending, run_id)
@@ -176,14 +201,12 @@ class RunService:
 
     def stop(self, run_id: str, reason: str) -> Answer:
         record = read_run(self.store, self.app.name, run_id)
-        launch = self.launches.get(run_id)
         ids = {"workflow_id": run_id, "run_id": run_id}
         if record is None or record.status.finished:
-            # A driver launched after the run finished is resuming it and has not claimed it
-            # yet: stop that driver. One launched before is the one that finished it.
-            resuming = launch is not None and (
-                record is None or launch.started_at > (record.finished_at or 0))
-            if resuming and self.launcher.alive(launch):
+            # A driver that has not claimed the run yet (new, or resuming a finished run) reads
+            # no cancellation request: stop that driver itself.
+            launch = self.launches.get(run_id) if record is None else self._resuming(record)
+            if launch is not None and self.launcher.alive(launch):
                 self.launcher.stop(launch)
                 return Answer(200, True, f"run {run_id}: its starting driver was stopped",
                               {**ids, "state": "CANCELLING", "driver": launch.describe()})

@@ -8,7 +8,8 @@ What it does, so tests can see it from the outside:
 - each `square` attempt writes a marker file `{marker_dir}/{index:04d}-{uuid}.json`
   (`{"index", "t", "pid"}`) first thing: the markers of an index are the times that task ran,
   and the earliest `t` is when the first task began;
-- `square` sleeps `sleep_s`, then fails for good at index `fail_at`;
+- `square` sleeps `sleep_s`, then fails for good at index `fail_at` (while the file `flag`
+  exists, when one is named);
 - two entry points: `extract_squares` (the default, a gathered fan-out) and `mine_queries`
   (served at `?entrypoint=mine-queries` too).
 
@@ -51,6 +52,8 @@ class SquaresInput(Input):
     n: int = Field(4, ge=0, le=500)
     sleep_s: float = 0.0
     fail_at: int = -1
+    flag: str = ""
+    """With fail_at: fail only while this file exists (deleting it "fixes the source")."""
 
 
 class SquareInput(Input):
@@ -58,6 +61,7 @@ class SquareInput(Input):
     index: int
     sleep_s: float = 0.0
     fail: bool = False
+    flag: str = ""
 
 
 class SquareOutput(Output):
@@ -88,7 +92,7 @@ class ServiceApp(App):
             json.dump(marker, fh)
         if input.sleep_s:
             time.sleep(input.sleep_s)
-        if input.fail:
+        if input.fail and (not input.flag or os.path.exists(input.flag)):
             raise NonRetryableError(f"square {input.index}: the source refused it")
         return SquareOutput(index=input.index, square=input.index * input.index)
 
@@ -100,7 +104,7 @@ class ServiceApp(App):
     async def extract_squares(self, input: SquaresInput) -> SquaresOutput:
         outs = await asyncio.gather(*(
             self.square(SquareInput(marker_dir=input.marker_dir, index=i, sleep_s=input.sleep_s,
-                                    fail=i == input.fail_at))
+                                    fail=i == input.fail_at, flag=input.flag))
             for i in range(input.n)))
         return SquaresOutput(count=len(outs), total=sum(o.square for o in outs))
 
