@@ -680,6 +680,19 @@ def test_ready_answers_503_when_the_store_and_ray_do_not(spawn, tmp_path):
     assert "Ray at 127.0.0.1" in svc.output()  # the details went to the log
 
 
+def test_a_driver_that_cannot_be_launched_answers_503_and_nothing_is_written(spawn, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    svc = spawn(args=("--launcher", "process", "--log-dir", str(blocker / "logs")))
+    res = svc.client().post("/workflows/v1/start", params={"run_id": "nolaunch-1"},
+                            json={"marker_dir": str(tmp_path / "m")})
+    assert res.status_code == 503, res.text
+    assert res.json()["message"].startswith("could not launch a driver for run nolaunch-1 "
+                                            "(process): NotADirectoryError")
+    assert store_run(svc.store, "nolaunch-1") is None
+    assert svc.client().get("/workflows/v1/status/nolaunch-1").status_code == 404
+
+
 # ---- crashes --------------------------------------------------------------------------------
 
 

@@ -87,7 +87,14 @@ class RunService:
                 return Answer(200, True, f"run {run_id} is already running ({busy})",
                               {**ids, "state": "RUNNING", "launched": False})
             args = driver_args(self.cfg, ep.name, run_id, input_json)
-            launch = await asyncio.to_thread(self.launcher.launch, run_id, args)
+            try:
+                launch = await asyncio.to_thread(self.launcher.launch, run_id, args)
+            except Exception as exc:  # Ray's jobs API down, the log dir unwritable, ...
+                log.error("run %s: launching its driver failed", run_id, exc_info=exc)
+                first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                return Answer(503, False, f"could not launch a driver for run {run_id} "
+                              f"({self.launcher.kind}): {type(exc).__name__}: {first_line}",
+                              ids)
             self.launches[run_id] = launch
         log.info("run %s: driver launched (%s)", run_id, _launch_label(launch))
         state = "PENDING" if record is None else "RESUMING"
