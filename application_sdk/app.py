@@ -387,11 +387,13 @@ class App:
                 "or @entrypoint methods"
             )
         if name is not None:
-            if name not in eps:
+            found = eps.get(name) or _by_kebab_name(eps, name)
+            if found is None:
                 raise DefinitionError(
                     f"{cls.__qualname__} has no entry point {name!r}; it has: {sorted(eps)}"
+                    " (each also answers to its kebab-case form, e.g. mine-queries)"
                 )
-            return eps[name]
+            return found
         defaults = [ep for ep in eps.values() if ep.default]
         if len(defaults) == 1:
             return defaults[0]
@@ -504,6 +506,14 @@ def _collect_entrypoints(cls: type[App]) -> dict[str, EntrypointSpec]:
         return {}
     in_t, out_t = _check_signature(cls.__qualname__, cls.run, "run()")
     return {"run": EntrypointSpec("run", "run", True, in_t, out_t)}
+
+
+def _by_kebab_name(eps: dict[str, EntrypointSpec], name: str) -> EntrypointSpec | None:
+    """The entry point whose name is `name` with '-' for '_' (`mine-queries` for
+    `mine_queries`, as the published SDK's HTTP routes and CLI spell them)."""
+    wanted = name.replace("-", "_")
+    matches = [ep for key, ep in eps.items() if key.replace("-", "_") == wanted]
+    return matches[0] if len(matches) == 1 else None
 
 
 def current_task_info() -> _context.TaskInfo | None:

@@ -17,10 +17,10 @@ from collections import abc
 from typing import Annotated, Any, ClassVar, TypeVar
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Secret, SecretBytes, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 
-from .errors import ContractError, PayloadSafetyError
+from .errors import ContractError, DefinitionError, PayloadSafetyError
 
 __all__ = [
     "BoundedList",
@@ -168,10 +168,47 @@ def _warn_unknown_keys(cls: type[BaseModel], data: Any) -> None:
     )
 
 
+def _secret_field(tp: Any, seen: set[int]) -> str | None:
+    """How `tp` holds a pydantic secret type (SecretStr, SecretBytes, Secret[...]), or None."""
+    base = typing.get_origin(tp) or tp  # Secret[str] is a generic alias of Secret
+    if isinstance(base, type) and issubclass(base, (SecretStr, SecretBytes, Secret)):
+        return f"is typed {getattr(tp, '__name__', None) or base.__name__}"
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        if id(tp) in seen:
+            return None
+        seen.add(id(tp))
+        for name, field in tp.model_fields.items():
+            why = _secret_field(field.annotation, seen)
+            if why:
+                return f"holds {tp.__qualname__}.{name}, which {why}"
+        return None
+    return next((w for a in typing.get_args(tp) if (w := _secret_field(a, seen))), None)
+
+
+def check_no_secrets(cls: type[BaseModel]) -> None:
+    """Refuse Input fields typed as secrets (DefinitionError): a run's Input is stored in its
+    run record, readable by whoever reads the store, so a secret goes by reference."""
+    for name, field in cls.model_fields.items():
+        why = _secret_field(field.annotation, {id(cls)})
+        if why:
+            raise DefinitionError(
+                f"{cls.__qualname__}.{name} {why}: an Input is stored in the run record, "
+                f"readable by whoever reads the store, so secrets go by reference. Pass the name "
+                f"of an environment variable or of a secret instead (e.g. `{name}_env: str = "
+                f"\"PG_PASSWORD\"`) and resolve it inside a @task (`os.environ[input.{name}_env]`)"
+            )
+
+
 class Input(_Contract):
-    """Base class of everything a run or a task takes."""
+    """Base class of everything a run or a task takes. A field typed `SecretStr` is refused
+    when the class is defined: Inputs are stored, secrets go by reference."""
 
     model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        check_no_secrets(cls)  # first: `list[SecretStr]` is a secret before it is unbounded
+        super().__pydantic_init_subclass__(**kwargs)
 
     @model_validator(mode="before")
     @classmethod

@@ -41,8 +41,9 @@ SIZES: dict[str, tuple[list[int], list[int]]] = {
     "sql": ([1_000_000, 5_000_000], [20_000]),
     "files": ([128, 1024], [4]),
     "jobs": ([100], [10]),
+    "service": ([5], [5]),
 }
-OPT_IN = ("jobs",)
+OPT_IN = ("jobs", "service")
 """Cases run only when named in --cases."""
 
 
@@ -576,4 +577,5 @@ CASES: dict[str, CaseFn] = {
     "sql": _extra("sql"),
     "files": _extra("files"),
     "jobs": _extra("jobs"),
+    "service": _extra("service"),
 }

@@ -6,6 +6,8 @@
 - `benchmarks/bench_files.py` (`run(size_mb)`): the FileReference benchmark of issue 5.
 - `benchmarks/bench_jobs.py` (`run(tasks)`): the `ray job submit` path of issue 6. Opt-in
   (`--cases jobs`): it starts a Ray head of its own next to the benchmark's Ray.
+- `benchmarks/bench_service.py` (`run(runs)`): the app service of issue 15 (start to first
+  task, `/status` under load). Opt-in (`--cases service`) for the same reason.
 
 Whatever is not there yet is reported as "not available" rather than failing the run.
 """
@@ -24,7 +26,7 @@ from typing import Any
 from ._cases import Context
 from ._measure import Table, Variant, fmt_s, interleave, median
 
-__all__ = ["case_files", "case_jobs", "case_sql"]
+__all__ = ["case_files", "case_jobs", "case_service", "case_sql"]
 
 
 def _module(name: str) -> tuple[Any, str | None]:
@@ -113,6 +115,16 @@ async def case_jobs(ctx: Context) -> Table:
         t.notes.append(f"not available: {why}")
         return t
     return await _dict_case(ctx, "jobs", title, bench, "tasks", lambda n: f"{n} tasks")
+
+
+async def case_service(ctx: Context) -> Table:
+    title = "8d. The app service: POST start to first task, /status under load (opt-in)"
+    bench, why = _module("benchmarks.bench_service")
+    if bench is None:
+        t = Table("service", title, ["runs", "figure", "median", "range"])
+        t.notes.append(f"not available: {why}")
+        return t
+    return await _dict_case(ctx, "service", title, bench, "runs", lambda n: f"{n} runs")
 
 
 def _repeat(ctx: Context) -> int:

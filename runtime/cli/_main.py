@@ -300,6 +300,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args.rows, args.output, args.store, args.target_rows, args.max_parallel)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The app service (runtime/service): FastAPI on uvicorn; runs go to drivers of their own."""
+    app_cls = load_app(args.app)
+    store = _store(args)
+    from ..service import ServiceConfigError, serve
+
+    try:
+        return serve(args, app_cls, store)
+    except ServiceConfigError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _serve_parser(sub: Any, store_args: Any) -> None:
+    p = sub.add_parser("serve", help="serve the app over HTTP: handler routes, start/status/"
+                       "stop/result of runs (docs/service.md)")
+    p.add_argument("app", help="module:Class of the App")
+    p.add_argument("--handler", metavar="MODULE:CLASS",
+                   help="the Handler (default: {App}Handler in the app's module, else the one "
+                   "Handler there, else DefaultHandler)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1; any other needs a token)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token-file", help="file holding the bearer token (else "
+                   "$CONNECTOR_RUNTIME_API_TOKEN)")
+    p.add_argument("--ray-address", help="Ray cluster to submit runs to as Ray jobs (else "
+                   "$RAY_ADDRESS; without either, each run is a local driver process)")
+    p.add_argument("--launcher", default="auto", choices=["auto", "process", "ray-job"],
+                   help="how runs start: auto (a Ray job when attached to a cluster), "
+                   "process, ray-job")
+    p.add_argument("--working-dir", help="Ray jobs: folder uploaded as the job's working dir "
+                   "(default: the folder the app module is imported from)")
+    p.add_argument("--log-dir", help="local drivers' logs (default ./.connector-runtime-logs)")
+    p.add_argument("--max-body-bytes", type=int, default=1024 * 1024,
+                   help="largest request body (default 1 MiB; larger: HTTP 413)")
+    p.add_argument("--resume-orphans", action="store_true",
+                   help="at start, resume RUNNING runs whose driver is gone")
+    store_args(p)
+    p.set_defaults(fn=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="connector-runtime",
@@ -366,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="delete (default: only list)")
     store_args(p)
     p.set_defaults(fn=cmd_gc)
+    _serve_parser(sub, store_args)
     return parser
 
 
