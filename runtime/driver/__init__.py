@@ -6,7 +6,15 @@ task call: recorded, retried, recorded again), `_keys` (call identities), `_guar
 (determinism guards), `_replay` (replaying a journal without executing tasks).
 """
 
-from ._driver import app_path_of, new_run_id, run_app, run_app_async, validate_input
+from ._driver import (
+    app_path_of,
+    check_same_run,
+    input_digest,
+    new_run_id,
+    run_app,
+    run_app_async,
+    validate_input,
+)
 from ._journal import GroupCommitter, JournalIndex, commit_interval
 from ._keys import CallKeys, canonical_json, digest
 from ._replay import ReplayReport, replay_run
@@ -22,8 +30,10 @@ __all__ = [
     "StepRunner",
     "app_path_of",
     "canonical_json",
+    "check_same_run",
     "commit_interval",
     "digest",
+    "input_digest",
     "new_run_id",
     "replay_run",
     "run_app",

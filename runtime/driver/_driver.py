@@ -72,13 +72,14 @@ def check_same_run(existing: RunRecord | None, ep: EntrypointSpec, inp: Input) -
     point (digested the way that run was recorded, so an upgrade does not refuse it)."""
     if existing is None:
         return
-    if existing.entrypoint != ep.name or \
-            existing.input_digest != input_digest(inp, existing.key_scheme):
-        raise RunConflictError(
-            f"run {existing.run_id} exists with a different "
-            f"{'entry point' if existing.entrypoint != ep.name else 'input'}: a run id names "
-            "one run; choose a new --run-id to start another"
-        )
+    if existing.entrypoint != ep.name:
+        what = f"entry point {existing.entrypoint!r} (not {ep.name!r})"
+    elif existing.input_digest != input_digest(inp, existing.key_scheme):
+        what = "a different input"
+    else:
+        return
+    raise RunConflictError(f"run {existing.run_id} exists with {what}: a run id names one "
+                           "run; choose a new run id to start another")
 
 
 async def run_app_async(

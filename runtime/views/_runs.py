@@ -12,7 +12,8 @@ from application_sdk.app import EntrypointSpec
 from application_sdk.contracts import Input
 from storage import Lease, RunRecord, RunStore, Store
 
-from ..driver import canonical_json, digest
+from .._errors import RunConflictError
+from ..driver import check_same_run, input_digest
 
 __all__ = ["driver_alive", "input_digest", "read_run", "same_run_conflict", "summary"]
 
@@ -22,26 +23,14 @@ def read_run(store: Store, app: str, run_id: str) -> RunRecord | None:
     return RunStore(store, app, run_id).read_run()
 
 
-def input_digest(inp: Input) -> str:
-    """The digest the driver records for a run's input (same run id + same digest = same run)."""
-    return digest(canonical_json(inp))
-
-
 def same_run_conflict(record: RunRecord | None, ep: EntrypointSpec, inp: Input) -> str | None:
-    """Why starting `ep` with `inp` under `record`'s run id would be refused, or None.
-
-    The driver's rule (runtime.driver `_check_same_run`): a run id names one run, so a different
-    entry point or input for an existing run id is a conflict."""
-    if record is None:
-        return None
-    if record.entrypoint != ep.name:
-        what = f"entry point {record.entrypoint!r} (not {ep.name!r})"
-    elif record.input_digest != input_digest(inp):
-        what = "a different input"
-    else:
-        return None
-    return (f"run {record.run_id} exists with {what}: a run id names one run; choose a new "
-            "run id to start another")
+    """Why starting `ep` with `inp` under `record`'s run id would be refused, or None: the
+    driver's own rule (`runtime.driver.check_same_run`), as a message."""
+    try:
+        check_same_run(record, ep, inp)
+    except RunConflictError as exc:
+        return str(exc)
+    return None
 
 
 def driver_alive(store: Store, record: RunRecord) -> bool:
