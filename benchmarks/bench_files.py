@@ -111,7 +111,7 @@ def s3_throughput(size_mb: int, folder: str) -> dict[str, float]:
     import socket
 
     from storage import _files as sf
-    from storage import open_store
+    from storage import materialize, open_store
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -145,7 +145,7 @@ def s3_throughput(size_mb: int, folder: str) -> dict[str, float]:
             ref = FileReference(storage_path=stored.storage_path, is_durable=True,
                                 sha256=stored.sha256, size_bytes=stored.size_bytes)
             t0 = time.perf_counter()
-            sf.materialize(store, ref, os.path.join(folder, "cache"))
+            materialize(store, ref, os.path.join(folder, "cache"))
             down = time.perf_counter() - t0
         finally:
             for k, v in saved.items():

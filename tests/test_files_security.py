@@ -27,6 +27,7 @@ from runtime._runcontext import RunContext
 from runtime.cli import main as cli_main
 from runtime.worker import _files as rfiles
 from storage import RunRecord, RunStatus, RunStore, StoreError, arrow, open_store
+from storage import _cache as sc
 from storage import _files as sf
 
 NOBODY = 65534
@@ -126,11 +127,11 @@ def test_flip_in_the_store_after_the_node_read_it_is_caught_on_the_cache_hit(tmp
     stored = sf.persist(store, ref.local_path, "persistent/A/r/k/a1-00000000/data/t.arrow",
                         known_size=ref.size_bytes, known_sha256=ref.sha256, stamp_dir=cache,
                         owned=True)
-    first = sf.materialize(store, durable(stored, StorageTier.PERSISTENT), cache)
+    first = sc.materialize(store, durable(stored, StorageTier.PERSISTENT), cache)
     assert os.stat(first).st_ino == os.stat(store.path(stored.storage_path)).st_ino
     flip_in_place(store.path(stored.storage_path), 300)
     with pytest.raises(StorageIntegrityError, match="does not match its reference") as info:
-        sf.materialize(store, durable(stored, StorageTier.PERSISTENT), cache)
+        sc.materialize(store, durable(stored, StorageTier.PERSISTENT), cache)
     assert info.value.non_retryable
 
 
@@ -141,10 +142,10 @@ def test_changed_cached_copy_is_detected_and_fetched_again(kind, tmp_path, reque
     body = os.urandom(200_000)
     stored = sf.persist(store, write(tmp_path / "s" / "f.bin", body), "runs/A/r/files/f.bin")
     cache = str(tmp_path / "cache")
-    path = sf.materialize(store, durable(stored), cache)
+    path = sc.materialize(store, durable(stored), cache)
     os.chmod(path, 0o600)
     flip_in_place(path, 1234)  # a task writing to its input, or anyone with the cache's uid
-    again = sf.materialize(store, durable(stored), cache)
+    again = sc.materialize(store, durable(stored), cache)
     assert read(again) == body
 
 
@@ -155,7 +156,7 @@ def test_bytes_planted_in_the_cache_are_never_used(tmp_path):
     cache = str(tmp_path / "cache")
     tag = sf._cache_tag(stored.storage_path, stored.sha256)  # public facts: key and hash
     planted = write(os.path.join(cache, tag, "f.bin"), b"evil" * 1000)
-    path = sf.materialize(store, durable(stored), cache)
+    path = sc.materialize(store, durable(stored), cache)
     assert read(path) == body
     assert not os.path.exists(planted) or read(planted) == body
 
@@ -168,13 +169,13 @@ def test_cached_directory_is_checked_file_by_file(tmp_path):
     stored = sf.persist(store, str(tmp_path / "out"), "retained/A/r/k/out")
     ref = durable(stored, StorageTier.RETAINED)
     cache = str(tmp_path / "cache")
-    path = sf.materialize(store, ref, cache)
+    path = sc.materialize(store, ref, cache)
     os.chmod(os.path.join(path, "sub", "b.bin"), 0o600)
     flip_in_place(os.path.join(path, "sub", "b.bin"), 10)
-    again = sf.materialize(store, ref, cache)
+    again = sc.materialize(store, ref, cache)
     assert files_under(again) == {os.path.join(*k.split("/")): v for k, v in tree.items()}
     write(os.path.join(again, "planted.parquet"), b"PAR1 not yours")  # read as part of the set
-    third = sf.materialize(store, ref, cache)
+    third = sc.materialize(store, ref, cache)
     assert sorted(files_under(third)) == sorted(os.path.join(*k.split("/")) for k in tree)
 
 
@@ -185,12 +186,12 @@ def test_flip_in_a_hard_linked_directory_entry_is_caught(tmp_path):
     stored = sf.persist(store, str(tmp_path / "out"), "retained/A/r/k/out")
     ref = durable(stored, StorageTier.RETAINED)
     cache = str(tmp_path / "cache")
-    sf.materialize(store, ref, cache)
+    sc.materialize(store, ref, cache)
     target = store.path("retained/A/r/k/out/sub/b.bin")
     os.chmod(target, 0o600)
     flip_in_place(target, 7)
     with pytest.raises(StorageIntegrityError, match=r"sub/b\.bin"):
-        sf.materialize(store, ref, cache)
+        sc.materialize(store, ref, cache)
 
 
 # ---- issue 13 item 3: store objects are regular files; checksums are required ----------------
@@ -208,7 +209,7 @@ def test_durable_reference_without_a_checksum_is_refused(shape, tmp_path):
     ref = durable(stored).model_copy(update={"sha256": None})
     cache = str(tmp_path / "cache")
     with pytest.raises(StorageIntegrityError, match="carries no sha256") as info:
-        sf.materialize(store, ref, cache)
+        sc.materialize(store, ref, cache)
     assert info.value.non_retryable
     assert files_under(cache) == {}
 
@@ -229,7 +230,7 @@ def test_store_object_replaced_by_a_symlink_is_refused(forged_sha, tmp_path):
                                      "size_bytes": os.path.getsize(secret)})
     cache = str(tmp_path / "cache")
     with pytest.raises((sf.PathRefusedError, StorageIntegrityError)) as info:
-        sf.materialize(store, ref, cache)
+        sc.materialize(store, ref, cache)
     assert info.value.non_retryable and "symbolic link" in str(info.value)
     assert b"host secret" not in b"".join(files_under(cache).values())
     assert read(secret) == b"host secret\n" * 50
@@ -247,7 +248,7 @@ def test_store_folder_replaced_by_a_symlink_is_refused_on_read(tmp_path):
         "sha256": hashlib.sha256(read(secret)).hexdigest(), "size_bytes": 1000})
     cache = str(tmp_path / "cache")
     with pytest.raises((sf.PathRefusedError, StorageIntegrityError), match="symbolic link"):
-        sf.materialize(store, ref, cache)
+        sc.materialize(store, ref, cache)
     assert b"host data" not in b"".join(files_under(cache).values())
 
 
@@ -327,7 +328,7 @@ def test_a_fifo_in_the_store_is_refused_without_blocking(tmp_path):
     def attempt():
         try:
             store.read("runs/App/r/run.msgpack")
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     thread = threading.Thread(target=attempt, daemon=True)
@@ -401,7 +402,7 @@ def test_materialize_refuses_a_cache_folder_writable_by_others(tmp_path):
     os.makedirs(cache)
     os.chmod(cache, 0o777)
     with pytest.raises(sf.PathRefusedError, match=re.escape(str(cache))):
-        sf.materialize(store, durable(stored), str(cache))
+        sc.materialize(store, durable(stored), str(cache))
 
 
 # ---- issue 13 item 5: confinement to the run's own prefix, file modes, the user's files -------
