@@ -404,9 +404,16 @@ class LocalStore(Store):
                 return None
 
     def read_many(self, keys: list[str]) -> dict[str, bytes]:
+        """Missing objects, and ones that cannot be read (a link, a folder), are left out, as
+        fsspec's `cat(on_error="omit")` does for the other backends: one bad entry must not
+        stop a listing of the others."""
         found = {}
         for key in keys:
-            data = self.read(key)
+            try:
+                data = self.read(key)
+            except StoreError as exc:
+                log.warning("%s", exc)
+                continue
             if data is not None:
                 found[key] = data
         return found
