@@ -571,3 +571,12 @@ def delete_store_prefix(store: Store, prefix: str, allowed: Iterable[str]) -> in
     if keys or store.exists(key):
         store.delete_prefix(key)
     return len(keys)
+
+
+def __getattr__(name: str) -> Any:
+    """`materialize` lived here before the node cache got a module of its own."""
+    if name == "materialize":
+        from ._cache import materialize
+
+        return materialize
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
