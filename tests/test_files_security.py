@@ -12,13 +12,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import stat
+import tempfile
 import threading
 import time
 import uuid
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from application_sdk import _context
 from application_sdk.contracts import FileReference, Input, Output, StorageTier
@@ -192,6 +196,92 @@ def test_flip_in_a_hard_linked_directory_entry_is_caught(tmp_path):
     flip_in_place(target, 7)
     with pytest.raises(StorageIntegrityError, match=r"sub/b\.bin"):
         sc.materialize(store, ref, cache)
+
+
+MUTATIONS = ["flip-store", "flip-cache", "add-cache", "remove-cache", "link-store",
+             "truncate-store", "replace-store", "manifest-store", "none"]
+names = st.sampled_from(["a", "b.bin", "c.parquet", "sub/d", "sub/e.csv", "sub/deep/f"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(backend=st.sampled_from(["file", "memory"]), as_dir=st.booleans(),
+       tree=st.dictionaries(names, st.binary(min_size=1, max_size=3000), min_size=1,
+                            max_size=4),
+       mutation=st.sampled_from(MUTATIONS), pick=st.integers(0, 10), offset=st.integers(0, 3000))
+def test_a_cached_reference_is_the_genuine_bytes_or_an_error(backend, as_dir, tree, mutation,
+                                                             pick, offset):
+    """Whatever is changed in the store or the node cache after the first read, the next
+    materialize returns exactly the stored tree or raises; a change to the cache alone, with
+    the store intact, is repaired by fetching again."""
+    if not as_dir:
+        tree = {"only.bin": next(iter(tree.values()))}
+    work = tempfile.mkdtemp(prefix="prop-")
+    try:
+        store = (open_store(os.path.join(work, "store")) if backend == "file"
+                 else open_store(f"memory://prop-{uuid.uuid4().hex[:8]}"))
+        for rel, data in tree.items():
+            write(os.path.join(work, "src", *rel.split("/")), data)
+        src = os.path.join(work, "src") if as_dir else os.path.join(work, "src", "only.bin")
+        key = "runs/A/r/files/k/a1-00000000/d/" + ("tree" if as_dir else "only.bin")
+        ref = durable(sf.persist(store, src, key))
+        cache = os.path.join(work, "cache")
+        first = sc.materialize(store, ref, cache)
+        want = files_under(first) if as_dir else {"": read(first)}
+        assert want == ({os.path.join(*k.split("/")): v for k, v in tree.items()} if as_dir
+                        else {"": tree["only.bin"]})
+        rels = sorted(tree)
+        rel = rels[pick % len(rels)]
+        stored_key = f"{key}/{rel}" if as_dir else key
+        cached = os.path.join(first, *rel.split("/")) if as_dir else first
+        shares_inode = backend == "file"
+        _mutate(store, mutation, stored_key, key, cached, first, offset, work, as_dir)
+        try:
+            again = sc.materialize(store, ref, cache)
+        except (StorageIntegrityError, sf.PathRefusedError):
+            cache_only = mutation in ("add-cache", "remove-cache") or (
+                mutation == "flip-cache" and not shares_inode)
+            assert not cache_only and mutation != "none", f"{mutation}: failed, store intact"
+            return
+        got = files_under(again) if as_dir else {"": read(again)}
+        assert got == want, f"{mutation}: wrong bytes returned"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _mutate(store, mutation, stored_key, key, cached, first, offset, work, as_dir) -> None:
+    local = store.protocol == "file"
+    if mutation == "flip-store" or (mutation == "manifest-store" and not as_dir):
+        data = bytearray(store.read(stored_key))
+        data[offset % len(data)] ^= 0x01
+        if local:
+            os.chmod(store.path(stored_key), 0o600)
+            with open(store.path(stored_key), "r+b") as fh:  # in place: the same inode
+                fh.write(bytes(data))
+        else:
+            store.write(stored_key, bytes(data))
+    elif mutation == "manifest-store":
+        data = bytearray(store.read(key + sf.MANIFEST_SUFFIX))
+        data[offset % len(data)] ^= 0x01
+        store.write(key + sf.MANIFEST_SUFFIX, bytes(data))
+    elif mutation == "flip-cache":
+        os.chmod(cached, 0o600)
+        flip_in_place(cached, offset % os.path.getsize(cached))
+    elif mutation == "add-cache":
+        target = os.path.join(first, "planted.bin") if as_dir else cached
+        if not as_dir:
+            os.unlink(cached)
+        write(target, b"planted")
+    elif mutation == "remove-cache":
+        os.unlink(cached)
+    elif mutation == "link-store" and local:
+        decoy = write(os.path.join(work, "host", "decoy"), store.read(stored_key))
+        os.unlink(store.path(stored_key))
+        os.symlink(decoy, store.path(stored_key))  # same bytes even: still refused
+    elif mutation in ("truncate-store", "replace-store"):
+        data = store.read(stored_key)
+        new = data[: len(data) // 2] if mutation == "truncate-store" else bytes(
+            b ^ 0xFF for b in data)
+        store.write(stored_key, new)  # a new inode: the cached copy keeps the genuine bytes
 
 
 # ---- issue 13 item 3: store objects are regular files; checksums are required ----------------
