@@ -525,6 +525,10 @@ def test_a_run_input_naming_another_runs_object_is_refused(owner, tier, tmp_path
                            task_info(run, "consume:x:0"))
     assert key in str(info.value) and "runs/App/r1/files" in str(info.value)
     assert not os.path.exists(rfiles.cache_dir(run)) or files_under(rfiles.cache_dir(run)) == {}
+    sneaky = durable(stored).model_copy(update={
+        "storage_path": f"runs/App/r1/files/../../../{key}"})
+    with pytest.raises(sf.PathRefusedError, match="refused store key"):
+        rfiles.before_task(Take(data=sneaky), run, task_info(run, "consume:x:0"))
     mine = _produce(tmp_path, run)  # the run's own object is fine
     got = rfiles.before_task(Take(data=mine), run, task_info(run, "consume:x:0"))
     assert read(got.data.local_path) == b"genuine " * 500

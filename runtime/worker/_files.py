@@ -41,7 +41,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from application_sdk.contracts import FileReference, Input, Output
-from storage import PathRefusedError, check_inside, materialize, persist, tier_prefix
+from storage import (
+    PathRefusedError,
+    StoreError,
+    check_inside,
+    materialize,
+    persist,
+    safe_key,
+    tier_prefix,
+)
 
 from .._runcontext import RunContext, ensure_scratch_root, safe_component
 
@@ -70,6 +78,10 @@ def own_prefixes(run: RunContext) -> list[str]:
 
 def _check_own(key: str, run: RunContext, info: TaskInfo) -> None:
     prefixes = own_prefixes(run)
+    try:
+        safe_key(key)  # no `..` walking out of a prefix that matched as text
+    except StoreError as exc:
+        raise PathRefusedError(f"task {info.task_name}: {exc}") from None
     if not any(key.startswith(p + "/") for p in prefixes):
         raise PathRefusedError(
             f"task {info.task_name}: refused to read stored object {key!r}: it belongs to "
