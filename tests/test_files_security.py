@@ -603,10 +603,10 @@ def test_writer_files_in_the_run_scratch_are_linked_not_copied(tmp_path, scratch
 
 
 def _finished_run_with_a_leftover(tmp_path, scratch, status=RunStatus.COMPLETED,
-                                  days_ago: float = 40):
+                                  days_ago: float = 40, url: str | None = None):
     """Two attempts of one task uploaded a PERSISTENT output (the real hooks); only the second
     was journaled, as when the driver died before the first one's completion was durable."""
-    run = RunContext("r1", "App", str(tmp_path / "store"))
+    run = RunContext("r1", "App", url or str(tmp_path / "store"))
     refs = []
     for attempt in (1, 2):
         src = write(os.path.join(run.scratch, "produce_abc_0", f"attempt-{attempt}", "p.bin"),
@@ -625,8 +625,9 @@ def _finished_run_with_a_leftover(tmp_path, scratch, status=RunStatus.COMPLETED,
     finished = time.time() - days_ago * DAY
     runs.write_run(RunRecord(app="App", run_id="r1", app_path="m:C", entrypoint="run",
                              input={}, input_digest="d", status=status, finished_at=finished))
-    for key in store.list("persistent"):
-        os.utime(store.path(key), (finished, finished))
+    if store.protocol == "file":
+        for key in store.list("persistent"):
+            os.utime(store.path(key), (finished, finished))
     return store, refs
 
 
@@ -643,6 +644,18 @@ def test_gc_lists_and_removes_unreferenced_persistent_objects_of_finished_runs(
     assert cli_main(["gc", "--older-than", "30d", "--yes", "--store", url]) == 0
     assert not store.exists(lost.storage_path)
     assert store.exists(kept.storage_path)
+
+
+def test_gc_finds_persistent_leftovers_on_s3_too(tmp_path, scratch, s3_url):
+    from runtime.cli import _gc
+
+    store, (lost, kept) = _finished_run_with_a_leftover(tmp_path, scratch, url=s3_url)
+    later = time.time() + 40 * DAY  # S3 keeps its own mtimes: look from 40 days on
+    items = _gc.plan(store, 30 * DAY, now=later)
+    assert [(i.tier, i.prefix) for i in items] == [
+        ("persistent", lost.storage_path.rsplit("/", 2)[0])]
+    assert _gc.collect(store, items) == 1
+    assert not store.exists(lost.storage_path) and store.exists(kept.storage_path)
 
 
 @pytest.mark.parametrize("case", ["running", "recent", "corrupt-journal", "only-in-output"])
