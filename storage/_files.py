@@ -69,7 +69,15 @@ from application_sdk.contracts import StorageTier
 from application_sdk.errors import NonRetryableError, StorageIntegrityError
 
 from ._errors import StoreError
-from ._store import LocalStore, Store, _s3_filesystem, dir_mode, file_mode, safe_key
+from ._store import (
+    LocalStore,
+    Store,
+    UnsafeEntryError,
+    _s3_filesystem,
+    dir_mode,
+    file_mode,
+    safe_key,
+)
 
 __all__ = [
     "MANIFEST_SUFFIX",
@@ -567,7 +575,14 @@ def delete_store_prefix(store: Store, prefix: str, allowed: Iterable[str]) -> in
             f"refused to delete {prefix!r} from store {store.url}: outside the allowed "
             f"prefixes {', '.join(allowed)}"
         )
-    keys = store.list(key)
+    try:
+        keys = store.list(key)
+    except UnsafeEntryError as exc:
+        # the prefix itself was replaced by a link: remove the link (it is the store's entry),
+        # never what it names; a link further up raises here, and nothing is deleted
+        store.delete_prefix(key)
+        log.warning("%s: removed the link, nothing it points at", exc)
+        return 0
     if keys or store.exists(key):
         store.delete_prefix(key)
     return len(keys)

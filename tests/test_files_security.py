@@ -408,6 +408,23 @@ def test_listings_reads_writes_and_deletes_do_not_follow_links(tmp_path):
     assert files_under(victim) == {os.path.join("sub", "precious.txt"): b"precious"}
 
 
+def test_cleanup_of_a_prefix_replaced_by_a_link_removes_only_the_link(tmp_path):
+    victim = str(tmp_path / "victim")
+    write(os.path.join(victim, "k", "precious.bin"), b"precious")
+    store = open_store(str(tmp_path / "store"))
+    store.write("runs/App/r/run.msgpack", b"record")
+    os.symlink(victim, store.path("runs/App/r/files"))
+    assert sf.delete_store_prefix(store, "runs/App/r/files", ["runs/App/r/files"]) == 0
+    assert not os.path.lexists(store.path("runs/App/r/files"))
+    os.rename(store.path("runs"), str(tmp_path / "runs-moved"))
+    os.symlink(str(tmp_path / "runs-moved"), store.path("runs"))  # a link further up
+    write(str(tmp_path / "runs-moved" / "App" / "r" / "files" / "x.bin"), b"x")
+    with pytest.raises(StoreError, match="symbolic link"):
+        sf.delete_store_prefix(store, "runs/App/r/files", ["runs/App/r/files"])
+    assert read(os.path.join(victim, "k", "precious.bin")) == b"precious"
+    assert read(str(tmp_path / "runs-moved" / "App" / "r" / "files" / "x.bin")) == b"x"
+
+
 def test_a_fifo_in_the_store_is_refused_without_blocking(tmp_path):
     store = open_store(str(tmp_path / "store"))
     store.write("runs/App/r/run.msgpack", b"x")
