@@ -59,7 +59,8 @@ from ._files import (
     file_sha256,
     transfer_fs,
 )
-from ._store import LocalStore, Store, UnsafeEntryError, file_mode, readonly_mode, safe_key
+from ._localfs import UnsafeEntryError, file_mode, readonly_mode
+from ._store import LocalStore, Store, safe_key
 
 __all__ = ["materialize"]
 

@@ -69,15 +69,8 @@ from application_sdk.contracts import StorageTier
 from application_sdk.errors import NonRetryableError, StorageIntegrityError
 
 from ._errors import StoreError
-from ._store import (
-    LocalStore,
-    Store,
-    UnsafeEntryError,
-    _s3_filesystem,
-    dir_mode,
-    file_mode,
-    safe_key,
-)
+from ._localfs import UnsafeEntryError, dir_mode, file_mode
+from ._store import LocalStore, Store, _s3_filesystem, safe_key
 
 __all__ = [
     "MANIFEST_SUFFIX",

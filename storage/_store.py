@@ -37,6 +37,21 @@ from urllib.parse import urlsplit
 import fsspec
 
 from ._errors import StoreError
+from ._localfs import (
+    DIR_FLAGS,
+    FILE_MODE_VAR,
+    NEW_FLAGS,
+    NO_LINK,
+    READ_FLAGS,
+    UnsafeEntryError,
+    copy_fd_to,
+    copy_into,
+    dir_mode,
+    file_mode,
+    readonly_mode,
+    same_file,
+    try_link,
+)
 
 __all__ = [
     "DEFAULT_STORE_DIR",
@@ -203,59 +218,7 @@ class Store:
             self.fs.get_file(self.path(key), local_path)
 
 
-# ---- file modes ------------------------------------------------------------------------------
-
-FILE_MODE_VAR = "CONNECTOR_RUNTIME_FILE_MODE"
-
-
-def file_mode() -> int:
-    """Mode of the files the runtime creates (file:// store records and objects, scratch files):
-    0600 unless the operator widens it with $CONNECTOR_RUNTIME_FILE_MODE (read bits only, e.g.
-    0640 for a group that reads the store). Folders get `dir_mode()`, durable objects
-    `readonly_mode()`. The umask still applies on top."""
-    text = os.environ.get(FILE_MODE_VAR, "").strip()
-    if not text:
-        return 0o600
-    try:
-        value = int(text, 8)
-    except ValueError:
-        value = -1
-    if value < 0 or value & ~0o644 or value & 0o600 != 0o600:
-        raise StoreError(
-            f"{FILE_MODE_VAR}={text!r} is not allowed: give an octal mode between 0600 and "
-            "0644 (the owner reads and writes, group and others may only read), e.g. 0640"
-        )
-    return value
-
-
-def dir_mode() -> int:
-    """Folders: the file mode with search (x) wherever it has read: 0700 by default."""
-    mode = file_mode()
-    return mode | ((mode & 0o444) >> 2)
-
-
-def readonly_mode() -> int:
-    """Durable objects: the file mode without write bits (0400 by default)."""
-    return file_mode() & ~0o222
-
-
-# ---- the local backend -----------------------------------------------------------------------
-
 log = logging.getLogger("connector_runtime.store")
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO never blocks
-_NEW_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_NO_LINK = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES)
-
-
-class UnsafeEntryError(StoreError):
-    """A file:// store met a symbolic link, FIFO, socket or device where a folder or an object
-    should be. It is never followed or opened: the store's objects are regular files inside
-    its root."""
-
-    non_retryable = True
-
 
 class LocalStore(Store):
     """A store in a local folder, confined to its root by file descriptors.
@@ -288,13 +251,13 @@ class LocalStore(Store):
     def _child(self, fd: int, name: str, shown: str, create: bool) -> int:
         try:
             try:
-                return os.open(name, _DIR_FLAGS, dir_fd=fd)
+                return os.open(name, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 if not create:
                     raise
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, dir_mode(), dir_fd=fd)
-                return os.open(name, _DIR_FLAGS, dir_fd=fd)
+                return os.open(name, DIR_FLAGS, dir_fd=fd)
         except NotADirectoryError:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
@@ -330,7 +293,7 @@ class LocalStore(Store):
     def _open_file(self, fd: int, name: str, key: str) -> int:
         """A read descriptor of the regular file `name` in folder `fd`."""
         try:
-            out = os.open(name, _READ_FLAGS, dir_fd=fd)
+            out = os.open(name, READ_FLAGS, dir_fd=fd)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise self._refuse(key, "is a symbolic link") from None
@@ -357,7 +320,7 @@ class LocalStore(Store):
             key = f"{base}/{entry.name}" if base else entry.name
             if entry.is_dir(follow_symlinks=False):
                 try:
-                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                    child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
                 except (FileNotFoundError, NotADirectoryError):
                     continue  # removed or replaced meanwhile
                 try:
@@ -468,7 +431,7 @@ class LocalStore(Store):
 
     def _write_in(self, fd: int, name: str, data: bytes, finish: str) -> None:
         tmp = f".tmp-{uuid.uuid4().hex}"
-        out = os.open(tmp, _NEW_FLAGS, file_mode(), dir_fd=fd)
+        out = os.open(tmp, NEW_FLAGS, file_mode(), dir_fd=fd)
         try:
             try:
                 view = memoryview(data)
@@ -559,9 +522,9 @@ class LocalStore(Store):
         with _translated(self, key), self._parent(key, create=True) as (fd, name):
             tmp = f".tmp-{uuid.uuid4().hex}"
             try:
-                linked = link and _try_link(src, tmp, fd)
+                linked = link and try_link(src, tmp, fd)
                 if not linked:
-                    _copy_in(src, tmp, fd)
+                    copy_into(src, tmp, fd)
                 os.chmod(tmp, readonly_mode(), dir_fd=fd)  # a regular file: checked above
                 os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
                 return os.stat(name, dir_fd=fd, follow_symlinks=False), linked
@@ -580,71 +543,18 @@ class LocalStore(Store):
                 try:
                     os.link(name, dst, src_dir_fd=fd, follow_symlinks=False)
                 except OSError as exc:
-                    if exc.errno not in _NO_LINK:
+                    if exc.errno not in NO_LINK:
                         raise
                     linked = False
-                if linked and not _same_file(os.lstat(dst), st):  # replaced meanwhile
+                if linked and not same_file(os.lstat(dst), st):  # replaced meanwhile
                     os.unlink(dst)
                     linked = False
                 if not linked:
-                    _copy_fd(obj, dst)
+                    copy_fd_to(obj, dst)
                 return st, linked
             finally:
                 os.close(obj)
 
-
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and stat.S_ISREG(a.st_mode)
-
-
-def _try_link(src: str, tmp: str, fd: int) -> bool:
-    try:
-        os.link(src, tmp, dst_dir_fd=fd, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in _NO_LINK:
-            return False
-        raise
-    if not stat.S_ISREG(os.stat(tmp, dir_fd=fd, follow_symlinks=False).st_mode):
-        os.unlink(tmp, dir_fd=fd)  # src was a link (or special): copy what it is instead
-        return False
-    return True
-
-
-def _copy_in(src: str, tmp: str, fd: int) -> None:
-    source = os.open(src, _READ_FLAGS)
-    try:
-        if not stat.S_ISREG(os.fstat(source).st_mode):
-            raise StoreError(f"cannot store {src!r}: not a regular file")
-        out = os.open(tmp, _NEW_FLAGS, file_mode(), dir_fd=fd)
-        try:
-            _copy_between(source, out)
-        finally:
-            os.close(out)
-    finally:
-        os.close(source)
-
-
-def _copy_fd(source: int, dst: str) -> None:
-    out = os.open(dst, _NEW_FLAGS, file_mode())
-    try:
-        _copy_between(source, out)
-    finally:
-        os.close(out)
-
-
-def _copy_between(source: int, out: int) -> None:
-    """Copy all of `source` to `out` in the kernel (copy_file_range, else sendfile)."""
-    offset = 0
-    while True:
-        try:
-            n = os.copy_file_range(source, out, 2**30, offset)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            n = os.sendfile(out, source, offset, 2**30)
-        if n == 0:
-            return
-        offset += n
 
 class MemoryStore(Store):
     protocol = "memory"

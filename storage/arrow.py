@@ -35,7 +35,7 @@ from application_sdk.app import current_task_info
 from application_sdk.contracts import FileReference, StorageTier
 
 from ._files import _make_dirs, note_hashed
-from ._store import file_mode
+from ._localfs import file_mode
 
 __all__ = [
     "iter_batches",
