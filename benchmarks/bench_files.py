@@ -8,6 +8,10 @@
   Timed end to end around `run_app` (driver start-up, lease, journal, two Ray tasks, cleanup).
 - S3 (moto server over HTTP, started here): MB/s of `persist` (multipart upload) and
   `materialize` (ranged download + sha256 check) of the same file.
+- the integrity checks on one node, without Ray (`check_costs`): `persist` of a writer's file
+  (hard link + stamp), the first `materialize` (link + same-node stamp, no hash), a cache hit
+  (verified stamp per file: a stat and a small read), against one full SHA-256 pass over the
+  same file - what checking every hit by re-hashing would cost instead.
 
 `run(size_mb)` returns the figures; `python -m benchmarks.bench_files [SIZE_MB]` prints them.
 """
@@ -111,7 +115,7 @@ def s3_throughput(size_mb: int, folder: str) -> dict[str, float]:
     import socket
 
     from storage import _files as sf
-    from storage import open_store
+    from storage import materialize, open_store
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -145,7 +149,7 @@ def s3_throughput(size_mb: int, folder: str) -> dict[str, float]:
             ref = FileReference(storage_path=stored.storage_path, is_durable=True,
                                 sha256=stored.sha256, size_bytes=stored.size_bytes)
             t0 = time.perf_counter()
-            sf.materialize(store, ref, os.path.join(folder, "cache"))
+            materialize(store, ref, os.path.join(folder, "cache"))
             down = time.perf_counter() - t0
         finally:
             for k, v in saved.items():
@@ -158,6 +162,40 @@ def s3_throughput(size_mb: int, folder: str) -> dict[str, float]:
         server.wait(10)
     return {"s3_upload_mb_s": size_mb / up, "s3_download_mb_s": size_mb / down,
             "s3_mb": size_mb}
+
+
+def check_costs(size_mb: int, folder: str, hits: int = 200) -> dict[str, float]:
+    """Milliseconds of persist / first materialize, microseconds of a cache hit, seconds of a
+    full re-hash, for a `size_mb` MiB Arrow file on a file:// store."""
+    from storage import _files as sf
+    from storage import materialize, open_store
+
+    scratch = os.path.join(folder, "check-scratch")
+    ref = arrow.write_table(make_table(size_mb), format="arrow", directory=scratch)
+    store = open_store(os.path.join(folder, "check-store"))
+    cache = os.path.join(scratch, ".objects")
+    t0 = time.perf_counter()
+    stored = sf.persist(store, ref.local_path, "runs/Bench/r/files/k/a1-00000000/d/t.arrow",
+                        known_size=ref.size_bytes, known_sha256=ref.sha256, stamp_dir=cache,
+                        owned=True)
+    persist_s = time.perf_counter() - t0
+    durable = FileReference(storage_path=stored.storage_path, is_durable=True,
+                            sha256=stored.sha256, size_bytes=stored.size_bytes)
+    t0 = time.perf_counter()
+    path = materialize(store, durable, cache)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(hits):
+        materialize(store, durable, cache)
+    hit_s = (time.perf_counter() - t0) / hits
+    t0 = time.perf_counter()
+    sf.file_sha256(path)
+    rehash_s = time.perf_counter() - t0
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(os.path.join(folder, "check-store"), ignore_errors=True)
+    return {"persist_ms": persist_s * 1e3, "materialize_first_ms": first_s * 1e3,
+            "cache_hit_us": hit_s * 1e6, "rehash_s": rehash_s,
+            "rehash_over_hit": rehash_s / hit_s}
 
 
 def run(size_mb: int = 1024, s3_mb: int | None = None, repeats: int = 2) -> dict[str, Any]:
@@ -188,6 +226,7 @@ def run(size_mb: int = 1024, s3_mb: int | None = None, repeats: int = 2) -> dict
         }
         result.update({k: round(v, 1) for k, v in
                        s3_throughput(s3_mb or min(size_mb, 256), folder).items()})
+        result.update({k: round(v, 3) for k, v in check_costs(size_mb, folder).items()})
         result["ray_nodes"] = len(ray.nodes())
         return result
     finally:
@@ -206,3 +245,7 @@ if __name__ == "__main__":
     print(f"  ratio: {figures['ratio']:.2f}x (target <= 1.3x)")
     print(f"moto S3, {figures['s3_mb']} MiB: upload {figures['s3_upload_mb_s']:.0f} MB/s, "
           f"download + verify {figures['s3_download_mb_s']:.0f} MB/s")
+    print(f"integrity checks, one node, {size} MiB: persist {figures['persist_ms']:.2f} ms, "
+          f"first materialize {figures['materialize_first_ms']:.2f} ms, cache hit "
+          f"{figures['cache_hit_us']:.0f} us; one full re-hash {figures['rehash_s']:.2f} s "
+          f"({figures['rehash_over_hit']:.0f}x a hit)")

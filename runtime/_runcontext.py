@@ -3,6 +3,15 @@
 A leaf module: the driver, the dispatcher and the worker all import it, and it imports only
 `storage`. Keeping it apart is what lets `worker/` (attempt wrapper, files, cleanup) and
 `dispatch/` (executor, heartbeats) depend on the run's context without depending on each other.
+
+Scratch. Every node keeps a run's local files under `{scratch root}/{app}/{run_id}`: attempts'
+scratch dirs and the object cache. The root is a predictable path (the temp dir's
+`connector-runtime/scratch` unless $CONNECTOR_RUNTIME_SCRATCH says otherwise), so another local
+user could create it first and plant files there. `ensure_scratch_root()` - called before every
+attempt - creates it 0700 (missing parents too) and refuses it, with `PathRefusedError` naming
+the folder, its owner and mode and the fix, when it or a folder above it is owned by another
+user or writable by others (`storage.ensure_private_dir`). The check is done once per process;
+after it, one lstat per attempt.
 """
 
 from __future__ import annotations
@@ -15,9 +24,19 @@ from typing import Any
 
 import msgpack
 
-from storage import Store, open_store
+from storage import Store, ensure_private_dir, open_store
 
-__all__ = ["NAMESPACE", "RunContext", "safe_component", "scratch_dir", "scratch_root"]
+__all__ = [
+    "NAMESPACE",
+    "SCRATCH_VAR",
+    "RunContext",
+    "ensure_scratch_root",
+    "safe_component",
+    "scratch_dir",
+    "scratch_root",
+]
+
+SCRATCH_VAR = "CONNECTOR_RUNTIME_SCRATCH"
 
 NAMESPACE = "connector_runtime"
 """Ray namespace of the runtime's named actors (the heartbeat monitor)."""
@@ -78,8 +97,18 @@ _contexts: dict[bytes, RunContext] = {}
 
 def scratch_root() -> str:
     """The folder under which every attempt's scratch directory lives on this node."""
-    return os.environ.get("CONNECTOR_RUNTIME_SCRATCH") or os.path.join(
+    return os.environ.get(SCRATCH_VAR) or os.path.join(
         tempfile.gettempdir(), "connector-runtime", "scratch"
+    )
+
+
+def ensure_scratch_root() -> str:
+    """The scratch root, created 0700 or checked to be safe from other local users."""
+    default = not os.environ.get(SCRATCH_VAR)
+    return ensure_private_dir(
+        scratch_root(), what="scratch folder", tighten=default,
+        fix=f"remove it (it is not this user's), or set {SCRATCH_VAR} in the workers' "
+            "environment to a folder of your own with mode 0700",
     )
 
 

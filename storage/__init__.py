@@ -3,6 +3,7 @@
 Knows nothing of Ray; uses only `application_sdk.contracts` from the rest of the project.
 """
 
+from ._cache import materialize
 from ._codec import decode, encode
 from ._errors import CorruptRecordError, LeaseHeldError, LeaseLostError, StoreError
 from ._files import (
@@ -11,13 +12,13 @@ from ._files import (
     check_inside,
     delete_local,
     delete_store_prefix,
-    materialize,
+    ensure_private_dir,
     persist,
     tier_prefix,
 )
 from ._lease import Lease, LeaseInfo
 from ._runs import JournalLoad, RunRecord, RunStatus, RunStore, find_runs, list_runs
-from ._store import DEFAULT_STORE_DIR, Store, open_store, safe_key
+from ._store import DEFAULT_STORE_DIR, Store, UnsafeEntryError, open_store, safe_key
 
 __all__ = [
     "DEFAULT_STORE_DIR",
@@ -34,11 +35,13 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredObject",
+    "UnsafeEntryError",
     "check_inside",
     "decode",
     "delete_local",
     "delete_store_prefix",
     "encode",
+    "ensure_private_dir",
     "find_runs",
     "list_runs",
     "materialize",

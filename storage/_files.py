@@ -1,59 +1,61 @@
-"""FileReference objects in the store: persist, materialize, delete. Knows nothing of Ray.
+"""FileReference objects in the store: layout, hashing, persist, delete. Knows nothing of Ray.
 
 Layout (the tier decides the prefix; see docs/files.md)::
 
     runs/{app}/{run_id}/files/{name}      TRANSIENT   deleted by cleanup_storage
     retained/{app}/{run_id}/{name}        RETAINED    deleted by `connector-runtime gc`
-    persistent/{app}/{run_id}/{name}      PERSISTENT  never deleted by the runtime
+    persistent/{app}/{run_id}/{name}      PERSISTENT  never deleted by the runtime (but `gc`
+                                                      removes what no record points at)
 
 Integrity. A file object's `sha256` is the SHA-256 of its bytes. A directory reference stores
 its files under `{storage_path}/{relative path}` plus a manifest object
 `{storage_path}.manifest.json`: canonical JSON `{"version": 1, "files": [[rel, size, sha256],
 ...]}` sorted by relative path; the reference's `sha256` is the SHA-256 of the manifest bytes.
-So one hash pins the whole tree, and each file is verified on its own when it is downloaded.
+So one hash pins the whole tree, and each file is verified on its own when it is materialized
+(`storage._cache`, which also keeps the node cache honest on every hit).
 
-Persist. On a local (`file://`) store the source is hard-linked into the store (a temp link,
-then `os.replace`), so a 1 GB result costs no copy; across filesystems it is copied. Objects are
-made read-only (0o444): an author writing to the path after returning it would otherwise change
-the durable bytes under the recorded hash. Files are not fsynced: a local store survives process
-crashes, not power loss, for file objects; a lost write is then caught by the hash check
+Persist. On a local (`file://`) store a file the runtime's own writers made (`storage.arrow`:
+hashed while written, `note_hashed`) in a folder the runtime owns (`owned=True`: the run's
+scratch) is hard-linked into the store and made read-only, so a 1 GB result costs no copy. Any
+other file - one the task wrote itself, or one under an operator's allowed root - is copied into
+a new file of the store's own, and the source is never changed (no chmod, no shared inode):
+the runtime does not change a file it did not create. The stored copy is hashed, so the hash is
+of the very bytes stored. Files are not fsynced: a local store survives process crashes, not
+power loss, for file objects; a lost write is then caught by the hash check
 (`StorageIntegrityError`), never returned as wrong data. On S3 the upload goes straight to the
 final key (a PUT or a completed multipart upload is atomic) with 16 MiB parts, 4 in flight, and
 botocore's adaptive retries (throttling and 5xx) with 10 attempts unless the store options say
 otherwise. After upload the stored size is compared with the local size.
 
-Materialize. Once per object per cache directory: a lock file (`fcntl.flock`) serializes
-workers of one node, the object is downloaded (hard-linked on a local store) into a temp
-folder, hashed, and renamed into place; a later call finds it and returns at once. A mismatch
-raises `StorageIntegrityError` (non-retryable) and leaves nothing in the cache.
-
 Verified stamps (one SHA-256 pass per hand-off on one node, not two). SHA-256 runs at about
-1.5 GB/s a core here, so a second full pass on materialize costs 0.7 s per GB. When this node
-persisted a file to a `file://` store by hard link, and the file's SHA-256 was computed in this
-process from those very bytes (`note_hashed`, called by the `storage.arrow` writers, or the hash
-`persist` computes), `persist` leaves a stamp in the run's node cache: the inode (device, number),
-size, mtime and ctime of the stored file. `materialize` on this node trusts an object whose store
-file still has that stamp and skips the re-hash; any write to the file moves its mtime and ctime
-(a chmod or a new link its ctime), so a changed or flipped byte is still caught. Other nodes, S3,
-directories, copies and stores without a stamp are always hash-checked. Caveat: on a kernel
-without fine-grained timestamps, a write landing in the same clock tick as the stat that took
-the stamp, and keeping the size, would go unnoticed (Linux 6.13+ gives a file whose timestamps
-were just read a fine-grained one on its next change).
+1.5 GB/s a core here, so a second full pass on materialize costs 0.7 s per GB. When this
+process persisted a file to a `file://` store and the file's SHA-256 was computed in this
+process from those very bytes (`note_hashed`, or the hash of the stored copy), `persist` leaves
+a stamp in the run's node cache: the inode (device, number), size, mtime and ctime of the
+stored file. `materialize` on this node trusts an object whose store file still has that stamp
+and skips the re-hash; any write to the file moves its mtime and ctime (a chmod or a new link
+its ctime), so a changed or flipped byte is still caught. Caveat: on a kernel without
+fine-grained timestamps, a write landing in the same clock tick as the stat that took the
+stamp, and keeping the size, would go unnoticed (Linux 6.13+ gives a file whose timestamps were
+just read a fine-grained one on its next change).
 
-Rejected: reading Parquet/Arrow straight from S3 with pyarrow's S3 filesystem. It skips the
-hash check (or needs a second full read to do it), and a dataset read by several tasks on one
-node would be fetched each time; the local cache reads at disk speed after one download.
+Rejected: hard-linking every source file into the store (what an earlier version did, then
+`chmod 0444`). It changed the mode of a user's own file, and a store object sharing an inode
+with a file its author may keep writing has no durable bytes of its own; copying costs one
+in-kernel copy (`copy_file_range`) for files the runtime's writers did not make. Reading
+Parquet/Arrow straight from S3 with pyarrow's S3 filesystem: it skips the hash check (or needs
+a second full read to do it), and a dataset read by several tasks on one node would be fetched
+each time; the local cache reads at disk speed after one download.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
+import pwd
 import shutil
 import stat
 import threading
@@ -63,11 +65,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from application_sdk.contracts import FileReference, StorageTier
+from application_sdk.contracts import StorageTier
 from application_sdk.errors import NonRetryableError, StorageIntegrityError
 
 from ._errors import StoreError
-from ._store import Store, _s3_filesystem, safe_key
+from ._localfs import UnsafeEntryError, dir_mode, file_mode
+from ._store import LocalStore, Store, _s3_filesystem, safe_key
 
 __all__ = [
     "MANIFEST_SUFFIX",
@@ -76,8 +79,9 @@ __all__ = [
     "check_inside",
     "delete_local",
     "delete_store_prefix",
+    "ensure_private_dir",
+    "fd_sha256",
     "file_sha256",
-    "materialize",
     "note_hashed",
     "persist",
     "stamp_path",
@@ -128,17 +132,26 @@ def tier_prefix(tier: StorageTier | str, app: str, run_id: str) -> str:
 # ---- hashing ---------------------------------------------------------------------------------
 
 
-def file_sha256(path: str) -> tuple[int, str]:
-    """(size, sha256 hex) of a local file, read in 8 MiB chunks (hashlib releases the GIL)."""
+def fd_sha256(fd: int) -> tuple[int, str]:
+    """(size, sha256 hex) of an open file from its start, read in 8 MiB chunks (hashlib
+    releases the GIL). The descriptor stays open."""
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     size = 0
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-            size += n
+    while n := os.preadv(fd, [buf], size):
+        h.update(view[:n])
+        size += n
     return size, h.hexdigest()
+
+
+def file_sha256(path: str) -> tuple[int, str]:
+    """(size, sha256 hex) of a local file."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd_sha256(fd)
+    finally:
+        os.close(fd)
 
 
 _hashed: dict[tuple[int, int], tuple[tuple[int, ...], str]] = {}
@@ -153,7 +166,8 @@ def _stamp(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 def note_hashed(path: str, size: int, sha: str) -> None:
     """Remember that this process computed `sha` over the `size` bytes now at `path` (a writer
-    that hashed while writing calls this right after closing the file)."""
+    that hashed while writing calls this right after closing the file). It also marks the
+    file as one the runtime made: `persist` may hard-link such a file instead of copying it."""
     stamp = _stamp(os.stat(path))
     if stamp[2] == size:
         with _hashed_lock:
@@ -181,38 +195,24 @@ def _cache_tag(key: str, sha: str | None) -> str:
     return hashlib.blake2b(f"{key}\0{sha}".encode(), digest_size=12).hexdigest()
 
 
-def _write_stamp(path: str, stamp: tuple[int, ...]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(list(stamp), fh)
-    os.replace(tmp, path)
-
-
-def _read_stamp(path: str) -> tuple[int, ...] | None:
-    try:
-        with open(path) as fh:
-            value = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    if isinstance(value, list) and len(value) == 5 and all(isinstance(v, int) for v in value):
-        return tuple(value)
-    return None
-
-
 def _walk_files(root: str) -> list[str]:
-    """Relative paths (with `/`) of the regular files under `root`, sorted; symlinks refused."""
+    """Relative paths (with `/`) of the regular files under `root`, sorted; links refused."""
     found = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
-        for name in files:
+        for name in dirs + files:
             full = os.path.join(folder, name)
-            if os.path.islink(full):
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
                 raise PathRefusedError(
                     f"directory reference {root!r} holds a symlink {full!r}: copy the file in "
                     "instead (a link could point outside the allowed roots)"
                 )
-            found.append(os.path.relpath(full, root).replace(os.sep, "/"))
+            if name in files:
+                if not stat.S_ISREG(st.st_mode):
+                    raise PathRefusedError(f"directory reference {root!r} holds {full!r}, "
+                                           "which is not a regular file")
+                found.append(os.path.relpath(full, root).replace(os.sep, "/"))
     return sorted(found)
 
 
@@ -221,11 +221,28 @@ def _manifest_bytes(entries: Sequence[tuple[str, int, str]]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _parallel(fn: Any, items: list[Any]) -> list[Any]:
+    if len(items) < 2:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(4, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
 def _hash_many(paths: list[str]) -> list[tuple[int, str]]:
-    if len(paths) < 2:
-        return [file_sha256(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(4, len(paths))) as pool:
-        return list(pool.map(file_sha256, paths))
+    return _parallel(file_sha256, paths)
+
+
+def _stored_sha256(store: LocalStore, key: str) -> tuple[int, str, os.stat_result]:
+    """(size, sha256, stat) of a stored object, read through the store (no link followed)."""
+    fd = store.open_object(key)
+    try:
+        before = os.fstat(fd)
+        size, sha = fd_sha256(fd)
+        if _stamp(os.fstat(fd)) != _stamp(before):
+            raise StoreError(f"store {store.url}: {key} changed while it was hashed")
+        return size, sha, before
+    finally:
+        os.close(fd)
 
 
 # ---- S3 transfers ----------------------------------------------------------------------------
@@ -265,73 +282,92 @@ def persist(
     known_size: int | None = None,
     known_sha256: str | None = None,
     stamp_dir: str | None = None,
+    owned: bool = False,
 ) -> StoredObject:
     """Put the file or directory at `local_path` into the store at `key`.
 
-    `known_size`/`known_sha256` (from a writer that hashed while writing) spare a re-read when
-    the file still has that size; a wrong value cannot become wrong data, because readers
-    verify the hash unless a stamp vouches for the bytes (and a stamp is only left for a hash
-    this process computed itself). `stamp_dir`: the run's cache folder on this node, where a
-    verified stamp is left for `materialize` (file:// stores, hard-linked files only).
+    `known_size`/`known_sha256` (from a writer that hashed while writing) spare a re-read of
+    the source on S3 when the file still has that size; a wrong value cannot become wrong
+    data, because readers verify the hash unless a stamp vouches for the bytes (and a stamp is
+    only left for a hash this process computed itself). `stamp_dir`: the run's cache folder on
+    this node, where a verified stamp is left for `materialize` (file:// stores). `owned`: the
+    source lies in a folder the runtime owns and deletes (the run's scratch), so a file the
+    runtime's writers made there may be hard-linked into a file:// store and made read-only;
+    anything else is copied and left as it was.
     """
     safe_key(key)
     if os.path.isdir(local_path):
-        return _persist_dir(store, local_path, key)
+        return _persist_dir(store, local_path, key, owned)
     if not os.path.isfile(local_path):
         raise FileNotFoundError(f"cannot persist {local_path!r}: no such file or directory")
     before = os.stat(local_path)
+    noted = _hashed_here(before)  # hashed in this process from these very bytes
+    if isinstance(store, LocalStore):
+        size, sha, stored = _store_local(store, local_path, key, before, noted, owned)
+        if stamp_dir is not None:
+            _write_stamp(stamp_path(stamp_dir, key, sha), _stamp(stored))
+        return StoredObject(key, size, sha, 1)
     size = before.st_size
-    sha = _hashed_here(before)  # hashed in this process from these very bytes
-    verified = sha is not None and (known_sha256 is None or known_sha256 == sha)
-    if not verified:
+    sha = noted if known_sha256 is None or known_sha256 == noted else None
+    if sha is None:
         if known_sha256 and known_size == size:
             sha = known_sha256
         else:
             size, sha = file_sha256(local_path)
-            verified = _stamp(os.stat(local_path)) == _stamp(before)  # unchanged while hashed
-    assert sha is not None
     _put(store, local_path, key, size)
-    if verified and stamp_dir is not None and store.protocol == "file":
-        stored = os.stat(store.path(key))
-        # the same inode with the same bytes (our link and chmod moved only its ctime): the
-        # stamp is taken now, after them, and any later change to the file moves it again
-        if _stamp(stored)[:4] == _stamp(before)[:4]:
-            _write_stamp(stamp_path(stamp_dir, key, sha), _stamp(stored))
     return StoredObject(key, size, sha, 1)
 
 
-def _persist_dir(store: Store, root: str, key: str) -> StoredObject:
+def _store_local(store: LocalStore, src: str, key: str, before: os.stat_result,
+                 noted: str | None, owned: bool) -> tuple[int, str, os.stat_result]:
+    """(size, sha256, stat) of the stored file; the hash is always one this process computed
+    over exactly the stored bytes, so the stat can vouch for them (a stamp)."""
+    stored, linked = store.store_file(src, key, link=owned and noted is not None)
+    # a link to the inode the writer hashed, unchanged since (our link and chmod moved only
+    # its ctime): the writer's hash is the stored bytes' hash
+    if linked and noted is not None and _stamp(stored)[:4] == _stamp(before)[:4]:
+        return stored.st_size, noted, stored
+    return _stored_sha256(store, key)  # a copy of our own (or a changed link): hash it
+
+
+def _persist_dir(store: Store, root: str, key: str, owned: bool) -> StoredObject:
     rels = _walk_files(root)
     paths = [os.path.join(root, *r.split("/")) for r in rels]
     for rel in rels:
         safe_key(f"{key}/{rel}")
-    hashes = _hash_many(paths)
+    if isinstance(store, LocalStore):
+
+        def put(item: tuple[str, str]) -> tuple[int, str]:
+            path, k = item
+            before = os.stat(path)
+            size, sha, _ = _store_local(store, path, k, before, _hashed_here(before), owned)
+            return size, sha
+
+        hashes = _parallel(put, [(p, f"{key}/{r}") for r, p in zip(rels, paths, strict=True)])
+    else:
+        hashes = _hash_many(paths)
+        items = [(p, f"{key}/{r}", s) for r, p, (s, _) in zip(rels, paths, hashes, strict=True)]
+        if store.protocol == "memory" or len(items) < 2:
+            for path, k, size in items:
+                _put(store, path, k, size)
+        else:
+            _put_many(store, items)
     entries = [(rel, size, sha) for rel, (size, sha) in zip(rels, hashes, strict=True)]
     manifest = _manifest_bytes(entries)
-    if store.protocol in ("file", "memory") or len(paths) < 2:
-        for rel, path, (size, _) in zip(rels, paths, hashes, strict=True):
-            _put(store, path, f"{key}/{rel}", size)
-    else:
-        _put_many(store, [(p, f"{key}/{r}", s) for r, p, (s, _) in zip(rels, paths, hashes,
-                                                                      strict=True)])
     store.write(key + MANIFEST_SUFFIX, manifest)
     total = sum(size for _, size, _ in entries)
     return StoredObject(key, total, hashlib.sha256(manifest).hexdigest(), len(entries))
 
 
 def _put(store: Store, src: str, key: str, size: int) -> None:
-    if store.protocol == "file":
-        _link_into(src, store.path(key))
-        stored = os.path.getsize(store.path(key))
-    else:
-        fs = transfer_fs(store)
-        target = store.path(key)
-        with _translated(store, key):
-            if store.protocol == "s3":
-                fs.put_file(src, target, chunksize=S3_PART_SIZE, max_concurrency=S3_CONCURRENCY)
-            else:
-                fs.put_file(src, target)
-            stored = fs.info(target)["size"]
+    fs = transfer_fs(store)
+    target = store.path(key)
+    with _translated(store, key):
+        if store.protocol == "s3":
+            fs.put_file(src, target, chunksize=S3_PART_SIZE, max_concurrency=S3_CONCURRENCY)
+        else:
+            fs.put_file(src, target)
+        stored = fs.info(target)["size"]
     if stored != size:
         raise StoreError(
             f"store {store.url}: {key}: {stored} bytes stored, {size} expected (upload cut "
@@ -351,24 +387,13 @@ def _put_many(store: Store, items: list[tuple[str, str, int]]) -> None:
                                  "expected (upload cut short)")
 
 
-def _link_into(src: str, dst: str) -> None:
-    """Hard-link (else copy) `src` to `dst`, atomically replacing `dst`; made read-only."""
-    folder = os.path.dirname(dst)
-    os.makedirs(folder, exist_ok=True)
+def _write_stamp(path: str, stamp: tuple[int, ...]) -> None:
+    folder = ensure_private_dir(os.path.dirname(path), what="cache folder")
     tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP,
-                                 errno.EACCES):
-                raise
-            shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, dst)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, file_mode())
+    with open(fd, "w") as fh:
+        json.dump(list(stamp), fh)
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -385,136 +410,109 @@ def _translated(store: Store, key: str):
         ) from exc
 
 
-# ---- materialize -----------------------------------------------------------------------------
+# ---- private local folders -------------------------------------------------------------------
+
+_private_ok: dict[str, tuple[int, int, int, int]] = {}
 
 
-def materialize(store: Store, ref: FileReference, cache_dir: str) -> str:
-    """A verified local copy of durable `ref` under `cache_dir`; its path.
-
-    Downloads once per object and cache directory; a hash mismatch or a missing object raises
-    `StorageIntegrityError`.
+def ensure_private_dir(path: str, *, what: str = "folder", fix: str = "",
+                       tighten: bool = False) -> str:
+    """`path` (absolute) as a folder that only this user - or root - can change: created with
+    `dir_mode()` (0700), missing parents too. An existing one, or a folder above it, that
+    another user owns or may write to is refused with `PathRefusedError` naming the folder,
+    its owner and mode, and the fix. Folders above may be writable by others only with the
+    sticky bit (as /tmp is), which keeps others from renaming what is not theirs. `tighten`:
+    the folder is the runtime's own default, so a group/other read bit left by an older
+    version is removed instead of kept. Checked once per process while the folder stays the
+    same inode (one lstat afterwards).
     """
-    if not ref.is_durable or not ref.storage_path:
-        raise ValueError("materialize needs a durable reference (is_durable and storage_path)")
-    key = safe_key(ref.storage_path.rstrip("/"))
-    tag = _cache_tag(key, ref.sha256)
-    entry = os.path.join(cache_dir, tag)
-    name = key.rsplit("/", 1)[-1]
-    final = os.path.join(entry, name)
-    if os.path.exists(final):
-        return final
-    os.makedirs(cache_dir, exist_ok=True)
-    with open(entry + ".lock", "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        if os.path.exists(final):  # another worker of this node fetched it meanwhile
-            return final
-        tmp = os.path.join(cache_dir, f".tmp-{uuid.uuid4().hex}")
-        os.makedirs(tmp)
-        try:
-            if _is_dir_ref(store, ref, key):
-                _fetch_dir(store, ref, key, os.path.join(tmp, name))
-            else:
-                _fetch_file(store, ref, key, os.path.join(tmp, name), entry + ".stamp")
-            os.rename(tmp, entry)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    path = os.path.abspath(path)
+    with contextlib.suppress(FileNotFoundError):
+        st = os.lstat(path)
+        if _private_ok.get(path) == (st.st_dev, st.st_ino, st.st_uid, st.st_mode):
+            return path
+    _make_dirs(path)
+    _check_chain(path, what, fix or "remove it, or use a folder of your own with mode 0700")
+    st = os.lstat(path)
+    if tighten and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & ~dir_mode():
+        os.chmod(path, dir_mode())
+        st = os.lstat(path)
+    _private_ok[path] = (st.st_dev, st.st_ino, st.st_uid, st.st_mode)
+    return path
 
 
-def _is_dir_ref(store: Store, ref: FileReference, key: str) -> bool:
-    # Each reference has a folder of its own in the store, so a manifest next to the key can
-    # only be this reference's (a one-file directory has file_count 1 too).
-    return ref.file_count != 1 or store.exists(key + MANIFEST_SUFFIX)
+def _make_dirs(path: str) -> None:
+    """Create `path` and its missing parents, each with `dir_mode()` (os.makedirs gives the
+    parents the umask's mode)."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, dir_mode())
 
 
-def _missing(store: Store, key: str) -> StorageIntegrityError:
-    return StorageIntegrityError(
-        f"object {key} is missing from store {store.url}: it was deleted (cleanup_storage, gc "
-        "or by hand) while a run still referred to it; rerun the task that produced it"
-    )
-
-
-def _fetch_file(store: Store, ref: FileReference, key: str, dst: str,
-                stamp_file: str | None = None) -> None:
-    if store.protocol == "file":
-        src = store.path(key)
-        try:
-            st = os.stat(src)
-        except FileNotFoundError:
-            raise _missing(store, key) from None
-        if not stat.S_ISREG(st.st_mode):
-            raise _missing(store, key)
-        try:
-            os.link(src, dst)
-            linked = True
-        except OSError:
-            shutil.copyfile(src, dst)
-            linked = False
-        stamp = _read_stamp(stamp_file) if stamp_file and ref.sha256 else None
-        if linked and stamp is not None and stamp == _stamp(st) and \
-                os.stat(dst).st_ino == st.st_ino and st.st_size == ref.size_bytes:
-            return  # this node hashed these very bytes, and the file is unchanged since
-    else:
-        fs = transfer_fs(store)
-        try:
-            with _translated(store, key):
-                if store.protocol == "s3":
-                    fs.get_file(store.path(key), dst, chunksize=S3_PART_SIZE,
-                                max_concurrency=S3_CONCURRENCY)
-                else:
-                    fs.get_file(store.path(key), dst)
-        except FileNotFoundError:
-            raise _missing(store, key) from None
-    _verify(store, key, dst, ref.size_bytes, ref.sha256)
-
-
-def _verify(store: Store, key: str, path: str, size: int | None, sha: str | None) -> None:
-    got_size, got_sha = file_sha256(path)
-    if sha is None:
-        log.warning("reference to %s carries no sha256: not verified", key)
-        return
-    if got_sha != sha or (size is not None and got_size != size):
-        raise StorageIntegrityError(
-            f"object {key} in store {store.url} does not match its reference: sha256 "
-            f"{got_sha[:16]}... ({got_size} bytes), expected {sha[:16]}... ({size} bytes). "
-            "The stored object was changed or corrupted; it is not used"
-        )
-
-
-def _fetch_dir(store: Store, ref: FileReference, key: str, dst: str) -> None:
-    manifest = store.read(key + MANIFEST_SUFFIX)
-    if manifest is None:
-        raise _missing(store, key + MANIFEST_SUFFIX)
-    if ref.sha256 is not None and hashlib.sha256(manifest).hexdigest() != ref.sha256:
-        raise StorageIntegrityError(
-            f"manifest of directory {key} in store {store.url} does not match its reference: "
-            "the stored manifest was changed or corrupted; it is not used"
-        )
+def _owner(uid: int) -> str:
     try:
-        entries = json.loads(manifest)["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StorageIntegrityError(f"manifest of {key} in store {store.url} is unreadable") \
-            from exc
-    items = []
-    for rel, size, sha in entries:
-        safe_key(f"{key}/{rel}")
-        local = os.path.join(dst, *rel.split("/"))
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        items.append((f"{key}/{rel}", local, size, sha))
-    os.makedirs(dst, exist_ok=True)
-    one = FileReference  # per-file verification reuses _fetch_file
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
-    def fetch(item: tuple[str, str, int, str]) -> None:
-        k, local, size, sha = item
-        _fetch_file(store, one(storage_path=k, is_durable=True, size_bytes=size, sha256=sha),
-                    k, local)
 
-    if len(items) < 2:
-        for item in items:
-            fetch(item)
-    else:
-        with ThreadPoolExecutor(max_workers=min(4, len(items))) as pool:
-            list(pool.map(fetch, items))
+def _check_chain(path: str, what: str, fix: str) -> None:
+    """Refuse `path` unless it and every folder it is reached through (its real path's, and
+    the links' on the way) are safe from other users."""
+    me = os.geteuid()
+    lexical = []
+    probe = path
+    while True:
+        lexical.append(probe)
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    for step in lexical:  # a link on the way could be replaced by its owner
+        st = os.lstat(step)
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in (me, 0):
+            raise _unsafe(step, path, what, fix, st, "is a symbolic link owned by "
+                          f"{_owner(st.st_uid)}")
+    real = os.path.realpath(path)
+    st = os.lstat(real)
+    if not stat.S_ISDIR(st.st_mode):
+        raise PathRefusedError(f"{what} {path!r} is not a folder: {fix}")
+    if st.st_uid not in (me, 0) or (st.st_uid == 0 and me != 0):
+        raise _unsafe(real, path, what, fix, st, f"is owned by {_owner(st.st_uid)}, not by "
+                      f"this user ({_owner(me)})")
+    if st.st_mode & 0o022:
+        raise _unsafe(real, path, what, fix, st, "is writable by other users")
+    folder = os.path.dirname(real)
+    while True:
+        st = os.lstat(folder)
+        if st.st_uid not in (me, 0):
+            raise _unsafe(folder, path, what, fix, st, f"is owned by {_owner(st.st_uid)}, who "
+                          f"could replace the {what} inside it")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise _unsafe(folder, path, what, fix, st, "is writable by other users (and not "
+                          f"sticky), who could replace the {what} inside it")
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return
+        folder = parent
+
+
+def _unsafe(culprit: str, path: str, what: str, fix: str, st: os.stat_result,
+            why: str) -> PathRefusedError:
+    where = f"{what} {culprit!r}" if culprit == path else f"folder {culprit!r} (above the " \
+        f"{what} {path!r})"
+    return PathRefusedError(
+        f"refused to use the {what} {path!r}: {where} {why} (owner {_owner(st.st_uid)}, mode "
+        f"{stat.S_IMODE(st.st_mode):04o}); another local user could plant or read files there. "
+        f"Fix: {fix}"
+    )
 
 
 # ---- delete ----------------------------------------------------------------------------------
@@ -570,7 +568,23 @@ def delete_store_prefix(store: Store, prefix: str, allowed: Iterable[str]) -> in
             f"refused to delete {prefix!r} from store {store.url}: outside the allowed "
             f"prefixes {', '.join(allowed)}"
         )
-    keys = store.list(key)
+    try:
+        keys = store.list(key)
+    except UnsafeEntryError as exc:
+        # the prefix itself was replaced by a link: remove the link (it is the store's entry),
+        # never what it names; a link further up raises here, and nothing is deleted
+        store.delete_prefix(key)
+        log.warning("%s: removed the link, nothing it points at", exc)
+        return 0
     if keys or store.exists(key):
         store.delete_prefix(key)
     return len(keys)
+
+
+def __getattr__(name: str) -> Any:
+    """`materialize` lived here before the node cache got a module of its own."""
+    if name == "materialize":
+        from ._cache import materialize
+
+        return materialize
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,10 @@ runtime writes is unique (a lease carries its owner and expiry, a run record its
 a journal segment its records), so equal bytes can only be this writer's own.
 
 - local files: temp file + fsync + `os.replace`; create by `os.link` of a complete temp file (fails
-  if the target exists); compare-and-swap under an `fcntl.flock` on a sidecar lock file.
+  if the target exists); compare-and-swap under an `fcntl.flock` on a sidecar lock file. Every
+  access is relative to folder descriptors opened with `O_NOFOLLOW` (see `LocalStore`): a symbolic
+  link in the store is never followed, so nothing outside the root is read, listed or deleted.
+  Files are created 0600 and folders 0700 (`file_mode`, `$CONNECTOR_RUNTIME_FILE_MODE`).
 - memory: fsspec's in-process dict, guarded by a lock.
 - S3: `PutObject` is atomic; create sends `If-None-Match: *`; compare-and-swap sends
   `If-Match: <etag>`.
@@ -24,20 +27,50 @@ from `storage_options` or the environment, and messages show the URL without the
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import logging
 import os
+import shutil
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import fsspec
 
 from ._errors import StoreError
+from ._localfs import (
+    DIR_FLAGS,
+    FILE_MODE_VAR,
+    NEW_FLAGS,
+    NO_LINK,
+    READ_FLAGS,
+    UnsafeEntryError,
+    copy_fd_to,
+    copy_into,
+    dir_mode,
+    file_mode,
+    readonly_mode,
+    same_file,
+    try_link,
+)
 
-__all__ = ["DEFAULT_STORE_DIR", "Store", "open_store", "safe_key"]
+__all__ = [
+    "DEFAULT_STORE_DIR",
+    "FILE_MODE_VAR",
+    "Store",
+    "UnsafeEntryError",
+    "dir_mode",
+    "file_mode",
+    "open_store",
+    "readonly_mode",
+    "safe_key",
+]
 
 DEFAULT_STORE_DIR = ".connector-runtime"
 
@@ -142,6 +175,17 @@ class Store:
         with _translated(self, key):
             return self.fs.exists(self.path(key))
 
+    def list_info(self, prefix: str) -> list[tuple[str, int, float]]:
+        """(key, size, mtime) of each object under `prefix`, sorted (for `gc`)."""
+        base = self.path(prefix.rstrip("/")) if prefix else self.root
+        with _translated(self, prefix):
+            try:
+                found = self.fs.find(base, detail=True)
+            except FileNotFoundError:
+                return []
+        return sorted((self._key(p), int(i.get("size") or 0), _mtime(i))
+                      for p, i in found.items())
+
     # -- writes --------------------------------------------------------------------------
 
     def write(self, key: str, data: bytes) -> None:
@@ -201,65 +245,341 @@ class Store:
             self.fs.get_file(self.path(key), local_path)
 
 
+log = logging.getLogger("connector_runtime.store")
+
 class LocalStore(Store):
+    """A store in a local folder, confined to its root by file descriptors.
+
+    Every access walks from the root one folder at a time with `O_NOFOLLOW | O_DIRECTORY` and
+    acts relative to the last folder's descriptor (`openat`, `linkat`, `renameat`,
+    `unlinkat`), so a folder or object replaced by a symbolic link - even between a check and
+    the use - can never lead a read, a write, a listing or a delete out of the store. The root
+    itself is the operator's choice and may be a link. Listings skip links and special files
+    (logged); reads, writes and deletes through one raise `UnsafeEntryError`; deleting a link
+    removes the link, never what it names. Files are created `file_mode()` (0600), folders
+    `dir_mode()` (0700).
+
+    Rejected: checking `os.path.realpath(path)` against the root before each call (what
+    `check_inside` does for scratch paths). It costs the same syscalls and leaves a window
+    between the check and the call in which a store writer can swap a folder for a link.
+    """
+
     protocol = "file"
 
-    def _abs(self, key: str) -> str:
-        return self.path(key)
+    # -- walking ---------------------------------------------------------------------------
 
-    def write(self, key: str, data: bytes) -> None:
-        with _translated(self, key):
-            self._write_tmp_then(key, data, os.replace)
+    def _refuse(self, key: str, what: str) -> UnsafeEntryError:
+        return UnsafeEntryError(
+            f"store {self.url}: {key} {what}: a file:// store never follows links and opens "
+            "only regular files inside its root; remove it (restore the real folder or "
+            "object if one was replaced)"
+        )
 
-    def _create(self, key: str, data: bytes) -> bool:
+    def _child(self, fd: int, name: str, shown: str, create: bool) -> int:
+        try:
+            try:
+                return os.open(name, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, dir_mode(), dir_fd=fd)
+                return os.open(name, DIR_FLAGS, dir_fd=fd)
+        except NotADirectoryError:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise self._refuse(shown, "is a symbolic link") from None
+            raise
+
+    def _open_folder(self, parts: list[str], create: bool = False) -> int:
+        """A descriptor of `root/parts...`, no step following a link (FileNotFoundError or
+        NotADirectoryError when a step is missing or a file)."""
+        if create:
+            os.makedirs(self.root, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for i, name in enumerate(parts):
+                child = self._child(fd, name, "/".join(parts[: i + 1]), create)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def _parent(self, key: str, create: bool = False) -> Iterator[tuple[int, str]]:
+        """(descriptor of the key's folder, the key's last name)."""
+        parts = safe_key(key).split("/")
+        fd = self._open_folder(parts[:-1], create)
+        try:
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    def _open_file(self, fd: int, name: str, key: str) -> int:
+        """A read descriptor of the regular file `name` in folder `fd`."""
+        try:
+            out = os.open(name, READ_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._refuse(key, "is a symbolic link") from None
+            raise
+        st = os.fstat(out)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(out)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "is a folder", key)
+            raise self._refuse(key, "is not a regular file")
+        return out
+
+    def open_object(self, key: str) -> int:
+        """A read descriptor of the object `key` (FileNotFoundError if absent, UnsafeEntryError
+        if a link or special file is in the way). The caller closes it."""
+        with _translated(self, key), self._parent(key) as (fd, name):
+            return self._open_file(fd, name, key)
+
+    def _walk(self, fd: int, base: str, skipped: list[str]) -> list[tuple[str, os.stat_result]]:
+        found = []
+        with os.scandir(fd) as it:
+            entries = list(it)
+        for entry in entries:
+            key = f"{base}/{entry.name}" if base else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                try:
+                    child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue  # removed or replaced meanwhile
+                try:
+                    found += self._walk(child, key, skipped)
+                finally:
+                    os.close(child)
+            elif entry.is_file(follow_symlinks=False):
+                found.append((key, entry.stat(follow_symlinks=False)))
+            else:
+                skipped.append(key)
+        return found
+
+    def _listing(self, prefix: str) -> list[tuple[str, os.stat_result]]:
+        key = prefix.rstrip("/")
+        parts = safe_key(key).split("/") if key else []
+        skipped: list[str] = []
+        with _translated(self, prefix):
+            try:
+                fd = self._open_folder(parts)
+            except FileNotFoundError:
+                return []
+            except NotADirectoryError:  # the prefix names an object: itself, as fsspec's find
+                with self._parent(key) as (pfd, name):
+                    st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+                return [(key, st)] if stat.S_ISREG(st.st_mode) else []
+            try:
+                found = self._walk(fd, key, skipped)
+            finally:
+                os.close(fd)
+        if skipped:
+            log.warning("store %s: skipped %d symbolic link(s) or special file(s), never "
+                        "followed: %s", self.url, len(skipped), ", ".join(skipped[:10]))
+        return [(k, st) for k, st in found if not k.rsplit("/", 1)[-1].startswith(".")]
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def read(self, key: str) -> bytes | None:
         with _translated(self, key):
             try:
-                self._write_tmp_then(key, data, os.link)
-            except FileExistsError:
-                return False
-            return True
+                with self._parent(key) as (fd, name):
+                    with open(self._open_file(fd, name, key), "rb", closefd=True) as fh:
+                        return fh.read()
+            except FileNotFoundError:
+                return None
 
-    def _write_tmp_then(self, key: str, data: bytes, finish: Any) -> None:
-        target = self._abs(key)
-        folder = os.path.dirname(target)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            finish(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+    def read_many(self, keys: list[str]) -> dict[str, bytes]:
+        """Missing objects, and ones that cannot be read (a link, a folder), are left out, as
+        fsspec's `cat(on_error="omit")` does for the other backends: one bad entry must not
+        stop a listing of the others."""
+        found = {}
+        for key in keys:
+            try:
+                data = self.read(key)
+            except StoreError as exc:
+                log.warning("%s", exc)
+                continue
+            if data is not None:
+                found[key] = data
+        return found
 
     def list(self, prefix: str) -> list[str]:
-        return [k for k in super().list(prefix) if not k.rsplit("/", 1)[-1].startswith(".")]
+        return sorted(k for k, _ in self._listing(prefix))
+
+    def list_info(self, prefix: str) -> list[tuple[str, int, float]]:
+        return sorted((k, st.st_size, st.st_mtime) for k, st in self._listing(prefix))
+
+    def list_dirs(self, prefix: str) -> list[str]:
+        key = prefix.rstrip("/")
+        parts = safe_key(key).split("/") if key else []
+        with _translated(self, prefix):
+            try:
+                fd = self._open_folder(parts)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+            try:
+                with os.scandir(fd) as it:
+                    entries = list(it)
+            finally:
+                os.close(fd)
+        links = [e.name for e in entries if e.is_symlink()]
+        if links:
+            log.warning("store %s: %s: skipped symbolic link(s), never followed: %s",
+                        self.url, key or "/", ", ".join(sorted(links)[:10]))
+        return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+
+    def exists(self, key: str) -> bool:
+        with _translated(self, key):
+            try:
+                with self._parent(key) as (fd, name):
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            if stat.S_ISLNK(st.st_mode):
+                raise self._refuse(key, "is a symbolic link")
+            return stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
 
     def read_versioned(self, key: str) -> tuple[bytes, Any] | None:
         with _translated(self, key):
             try:
-                with open(self._abs(key), "rb") as fh:
-                    return fh.read(), _version(os.fstat(fh.fileno()))
+                with self._parent(key) as (fd, name):
+                    with open(self._open_file(fd, name, key), "rb", closefd=True) as fh:
+                        return fh.read(), _version(os.fstat(fh.fileno()))
             except FileNotFoundError:
                 return None
 
+    # -- writes ----------------------------------------------------------------------------
+
+    def _write_in(self, fd: int, name: str, data: bytes, finish: str) -> None:
+        tmp = f".tmp-{uuid.uuid4().hex}"
+        out = os.open(tmp, NEW_FLAGS, file_mode(), dir_fd=fd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view):]
+                os.fsync(out)
+            finally:
+                os.close(out)
+            if finish == "replace":
+                os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            else:  # link: fails if the name exists, so a complete file appears or nothing
+                os.link(tmp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
+
+    def write(self, key: str, data: bytes) -> None:
+        with _translated(self, key), self._parent(key, create=True) as (fd, name):
+            self._write_in(fd, name, data, "replace")
+
+    def _create(self, key: str, data: bytes) -> bool:
+        with _translated(self, key), self._parent(key, create=True) as (fd, name):
+            try:
+                self._write_in(fd, name, data, "link")
+            except FileExistsError:
+                return False
+            return True
+
     def _replace_if(self, key: str, data: bytes, token: Any) -> Any | None:
-        target = self._abs(key)
-        with _translated(self, key):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            folder, name = os.path.split(target)
-            with open(os.path.join(folder, f".{name}.lock"), "a+b") as lock:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        with _translated(self, key), self._parent(key, create=True) as (fd, name):
+            lock = os.open(f".{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                           file_mode(), dir_fd=fd)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
                 try:
-                    current = _version(os.stat(target))
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if stat.S_ISLNK(st.st_mode):
+                        raise self._refuse(key, "is a symbolic link")
+                    current = _version(st)
                 except FileNotFoundError:
                     current = None
                 if current != (tuple(token) if token is not None else None):
                     return None
-                self._write_tmp_then(key, data, os.replace)
-                return _version(os.stat(target))
+                self._write_in(fd, name, data, "replace")
+                return _version(os.stat(name, dir_fd=fd, follow_symlinks=False))
+            finally:
+                os.close(lock)
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            with _translated(self, key):
+                try:
+                    with self._parent(key) as (fd, name):
+                        os.unlink(name, dir_fd=fd)  # a link goes, never what it names
+                except (FileNotFoundError, NotADirectoryError):
+                    pass
+
+    def delete_prefix(self, prefix: str) -> None:
+        key = prefix.rstrip("/")
+        with _translated(self, prefix):
+            try:
+                with self._parent(key) as (fd, name):
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        shutil.rmtree(name, dir_fd=fd)  # fd-based: never leaves the tree
+                    else:
+                        os.unlink(name, dir_fd=fd)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+
+    # -- files -----------------------------------------------------------------------------
+
+    def put_file(self, local_path: str, key: str) -> None:
+        with open(local_path, "rb") as fh:
+            data = fh.read()
+        self.write(key, data)
+
+    def get_file(self, key: str, local_path: str) -> None:
+        with _translated(self, key):
+            fd = self.open_object(key)
+            with open(fd, "rb", closefd=True) as src, open(local_path, "wb") as dst:
+                shutil.copyfileobj(src, dst, 8 * 2**20)
+
+    def store_file(self, src: str, key: str, link: bool) -> tuple[os.stat_result, bool]:
+        """Put the local file `src` at `key`, read-only: hard-linked if `link` (and the
+        filesystem allows it), else copied into a file of the store's own. Returns the stored
+        file's stat and whether it was linked."""
+        with _translated(self, key), self._parent(key, create=True) as (fd, name):
+            tmp = f".tmp-{uuid.uuid4().hex}"
+            try:
+                linked = link and try_link(src, tmp, fd)
+                if not linked:
+                    copy_into(src, tmp, fd)
+                os.chmod(tmp, readonly_mode(), dir_fd=fd)  # a regular file: checked above
+                os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                return os.stat(name, dir_fd=fd, follow_symlinks=False), linked
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=fd)
+
+    def fetch_object(self, key: str, dst: str) -> tuple[os.stat_result, bool]:
+        """Hard-link (else copy) the object `key` to the new local path `dst`. Returns the
+        object's stat when it was opened and whether `dst` is a link to it."""
+        with _translated(self, key), self._parent(key) as (fd, name):
+            obj = self._open_file(fd, name, key)
+            try:
+                st = os.fstat(obj)
+                linked = True
+                try:
+                    os.link(name, dst, src_dir_fd=fd, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno not in NO_LINK:
+                        raise
+                    linked = False
+                if linked and not same_file(os.lstat(dst), st):  # replaced meanwhile
+                    os.unlink(dst)
+                    linked = False
+                if not linked:
+                    copy_fd_to(obj, dst)
+                return st, linked
+            finally:
+                os.close(obj)
 
 
 def _version(st: os.stat_result) -> tuple[int, int, int]:
@@ -345,6 +665,21 @@ class S3Store(Store):
     def list_dirs(self, prefix: str) -> list[str]:
         self.fs.invalidate_cache()
         return super().list_dirs(prefix)
+
+
+def _mtime(info: dict[str, Any]) -> float:
+    for field in ("mtime", "LastModified", "last_modified", "created"):
+        value = info.get(field)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value).timestamp()
+            except ValueError:
+                continue
+    return 0.0
 
 
 def _precondition_failed(exc: BaseException) -> bool:

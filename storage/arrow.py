@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 from application_sdk.app import current_task_info
 from application_sdk.contracts import FileReference, StorageTier
 
-from ._files import note_hashed
+from ._files import _make_dirs, note_hashed
+from ._localfs import file_mode
 
 __all__ = [
     "iter_batches",
@@ -56,7 +57,7 @@ def _scratch(directory: str | None) -> str:
                 "not inside a task: pass directory=..."
             )
         directory = info.scratch_dir
-    os.makedirs(directory, exist_ok=True)
+    _make_dirs(os.path.abspath(directory))  # missing folders 0700 (the umask's mode otherwise)
     return directory
 
 
@@ -82,7 +83,7 @@ class _HashingFile(io.RawIOBase):
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode())  # 0600
         self._written = 0
         self._done = False
         self._cond = threading.Condition()
@@ -221,7 +222,7 @@ def local_path(ref: FileReference) -> str:
         raise FileNotFoundError(
             f"reference to {where} has no local file here: the runtime materializes "
             "references in a task's Input; outside a task use "
-            "storage._files.materialize(store, ref, cache_dir)"
+            "storage.materialize(store, ref, cache_dir)"
         )
     if not os.path.exists(ref.local_path):
         raise FileNotFoundError(f"reference's local file {ref.local_path!r} does not exist")

@@ -24,6 +24,7 @@ from runtime._runcontext import RunContext
 from runtime.cli import main as cli_main
 from runtime.worker import _files as rfiles
 from storage import RunRecord, RunStatus, RunStore, StoreError, arrow, open_store
+from storage import _cache as sc
 from storage import _files as sf
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -90,12 +91,12 @@ def test_file_round_trip_is_hashed_size_checked_and_cached_once(store, tmp_path)
     assert stored.file_count == 1 and store.read(key) == body
 
     cache = str(tmp_path / "cache")
-    path = sf.materialize(store, durable(stored), cache)
+    path = sc.materialize(store, durable(stored), cache)
     with open(path, "rb") as fh:
         assert fh.read() == body
     assert path.endswith("data.bin")
     store.delete([key])  # a second materialize on this node must not need the store
-    assert sf.materialize(store, durable(stored), cache) == path
+    assert sc.materialize(store, durable(stored), cache) == path
 
 
 def test_directory_round_trip_with_manifest(store, tmp_path):
@@ -107,33 +108,45 @@ def test_directory_round_trip_with_manifest(store, tmp_path):
     assert hashlib.sha256(manifest).hexdigest() == stored.sha256
     assert [e[0] for e in json.loads(manifest)["files"]] == sorted(files)
 
-    path = sf.materialize(store, durable(stored, StorageTier.RETAINED), str(tmp_path / "c"))
+    path = sc.materialize(store, durable(stored, StorageTier.RETAINED), str(tmp_path / "c"))
     for rel, data in files.items():
         with open(os.path.join(path, *rel.split("/")), "rb") as fh:
             assert fh.read() == data
 
 
-def test_local_store_hard_links_instead_of_copying(tmp_path):
+def test_local_store_hard_links_the_writers_files_instead_of_copying(tmp_path):
     store = open_store(str(tmp_path / "store"))
-    src = make_file(tmp_path / "scratch" / "big.bin", 1_000_000)
-    stored = sf.persist(store, src, "runs/App/r/files/k/a1/x/big.bin")
+    table = pa.table({"x": list(range(100_000))})
+    src = arrow.write_table(table, format="arrow", directory=str(tmp_path / "scratch")).local_path
+    stored = sf.persist(store, src, "runs/App/r/files/k/a1/x/big.arrow", owned=True)
     assert os.stat(store.path(stored.storage_path)).st_ino == os.stat(src).st_ino
-    path = sf.materialize(store, durable(stored), str(tmp_path / "cache"))
+    path = sc.materialize(store, durable(stored), str(tmp_path / "cache"))
     assert os.stat(path).st_ino == os.stat(src).st_ino  # the cache links too: no copy at all
     assert not os.access(store.path(stored.storage_path), os.W_OK) or os.getuid() == 0
     assert os.stat(store.path(stored.storage_path)).st_mode & 0o222 == 0  # read-only object
+    other = make_file(tmp_path / "scratch" / "mine.bin", 1000)  # not the writers': copied
+    copied = sf.persist(store, other, "runs/App/r/files/k/a1/y/mine.bin", owned=True)
+    assert os.stat(store.path(copied.storage_path)).st_ino != os.stat(other).st_ino
 
 
-def test_trusted_writer_hash_is_still_verified_on_read(tmp_path):
-    """A wrong hash handed to persist (file changed after writing) cannot become wrong data."""
-    store = open_store(str(tmp_path / "store"))
+@pytest.mark.parametrize("kind", ["file", "memory"])
+def test_trusted_writer_hash_is_still_verified_on_read(kind, tmp_path):
+    """A wrong hash handed to persist (file changed after writing) cannot become wrong data:
+    a file:// store hashes the copy it stores; elsewhere the reader's check catches it."""
+    store = open_store(str(tmp_path / "store") if kind == "file"
+                       else f"memory://hint-{uuid.uuid4().hex[:8]}")
     src = make_file(tmp_path / "s" / "f.bin", 1000)
     cache = str(tmp_path / "cache")
     stored = sf.persist(store, src, "runs/A/r/files/f.bin", known_size=1000,
                         known_sha256="0" * 64, stamp_dir=cache)
+    if kind == "file":
+        assert stored.sha256 == sf.file_sha256(src)[1]
+        with open(sc.materialize(store, durable(stored), cache), "rb") as fh:
+            assert fh.read() == open(src, "rb").read()
+        return
     assert not os.path.exists(sf.stamp_path(cache, stored.storage_path, stored.sha256))
     with pytest.raises(StorageIntegrityError, match="does not match"):
-        sf.materialize(store, durable(stored), cache)
+        sc.materialize(store, durable(stored), cache)
 
 
 def _hand_off_on_one_node(tmp_path, monkeypatch):
@@ -144,23 +157,24 @@ def _hand_off_on_one_node(tmp_path, monkeypatch):
     ref = arrow.write_table(table, format="arrow", directory=str(tmp_path / "scratch"))
     cache = str(tmp_path / "cache")
     stored = sf.persist(store, ref.local_path, "runs/A/r/files/k/a1/data/t.arrow",
-                        known_size=ref.size_bytes, known_sha256=ref.sha256, stamp_dir=cache)
+                        known_size=ref.size_bytes, known_sha256=ref.sha256, stamp_dir=cache,
+                        owned=True)
     assert stored.sha256 == ref.sha256 == hashlib.sha256(
         open(ref.local_path, "rb").read()).hexdigest()
     calls = []
-    real = sf.file_sha256
-    monkeypatch.setattr(sf, "file_sha256", lambda path: calls.append(path) or real(path))
+    real = sc.file_sha256
+    monkeypatch.setattr(sc, "file_sha256", lambda path: calls.append(path) or real(path))
     return store, durable(stored), cache, calls
 
 
 def test_same_node_hand_off_hashes_the_bytes_once(tmp_path, monkeypatch):
     store, ref, cache, calls = _hand_off_on_one_node(tmp_path, monkeypatch)
     assert os.path.exists(sf.stamp_path(cache, ref.storage_path, ref.sha256))
-    path = sf.materialize(store, ref, cache)
+    path = sc.materialize(store, ref, cache)
     assert calls == []  # the writer's hash vouches for these bytes: no second pass
     assert pa.ipc.open_file(path).read_all()["x"].to_pylist() == list(range(50_000))
     other = str(tmp_path / "other-node-cache")  # no stamp there: hash-checked
-    sf.materialize(store, ref, other)
+    sc.materialize(store, ref, other)
     assert len(calls) == 1
 
 
@@ -174,7 +188,7 @@ def test_in_place_change_after_the_stamp_is_still_caught(tmp_path, monkeypatch):
         fh.seek(200)
         fh.write(bytes([byte[0] ^ 0x01]))
     with pytest.raises(StorageIntegrityError, match="does not match its reference"):
-        sf.materialize(store, ref, cache)
+        sc.materialize(store, ref, cache)
     assert calls  # the stamp no longer matched, so the bytes were hashed
 
 
@@ -187,7 +201,7 @@ def test_flipped_byte_is_an_integrity_error_and_nothing_is_cached(kind, tmp_path
     flip_byte(store, stored.storage_path)
     cache = str(tmp_path / "cache")
     with pytest.raises(StorageIntegrityError, match="does not match its reference") as info:
-        sf.materialize(store, durable(stored), cache)
+        sc.materialize(store, durable(stored), cache)
     assert info.value.non_retryable
     assert [n for n in os.listdir(cache) if not n.endswith(".lock")] == []
 
@@ -198,17 +212,17 @@ def test_corrupted_directory_file_and_manifest_are_detected(tmp_path):
     stored = sf.persist(store, str(tmp_path / "out"), "runs/A/r/files/out")
     flip_byte(store, "runs/A/r/files/out/sub/b.bin", 10)
     with pytest.raises(StorageIntegrityError, match=r"sub/b\.bin"):
-        sf.materialize(store, durable(stored), str(tmp_path / "c1"))
+        sc.materialize(store, durable(stored), str(tmp_path / "c1"))
     flip_byte(store, "runs/A/r/files/out" + sf.MANIFEST_SUFFIX, 5)
     with pytest.raises(StorageIntegrityError, match="manifest"):
-        sf.materialize(store, durable(stored), str(tmp_path / "c2"))
+        sc.materialize(store, durable(stored), str(tmp_path / "c2"))
 
 
 def test_missing_object_says_what_happened(tmp_path):
     store = open_store(str(tmp_path / "store"))
     ref = FileReference(storage_path="runs/A/r/files/gone.bin", is_durable=True, sha256="0" * 64)
     with pytest.raises(StorageIntegrityError, match="missing from store"):
-        sf.materialize(store, ref, str(tmp_path / "cache"))
+        sc.materialize(store, ref, str(tmp_path / "cache"))
 
 
 def test_concurrent_materialize_fetches_once(tmp_path, monkeypatch):
@@ -216,18 +230,18 @@ def test_concurrent_materialize_fetches_once(tmp_path, monkeypatch):
     stored = sf.persist(store, make_file(tmp_path / "s" / "f.bin", 2_000_000),
                         "runs/A/r/files/f.bin")
     fetches = []
-    real = sf._fetch_file
+    real = sc._fetch_file
 
     def counting(*args):
         fetches.append(1)
         time.sleep(0.2)  # widen the race
         return real(*args)
 
-    monkeypatch.setattr(sf, "_fetch_file", counting)
+    monkeypatch.setattr(sc, "_fetch_file", counting)
     cache = str(tmp_path / "cache")
     results: list[str] = []
     threads = [threading.Thread(target=lambda: results.append(
-        sf.materialize(store, durable(stored), cache))) for _ in range(6)]
+        sc.materialize(store, durable(stored), cache))) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
@@ -240,7 +254,7 @@ def test_unsafe_storage_path_is_refused(tmp_path):
     store = open_store(str(tmp_path / "store"))
     ref = FileReference(storage_path="../../etc/passwd", is_durable=True, sha256="0" * 64)
     with pytest.raises(StoreError, match="refused store key"):
-        sf.materialize(store, ref, str(tmp_path / "cache"))
+        sc.materialize(store, ref, str(tmp_path / "cache"))
 
 
 # ---- deletion guards ---------------------------------------------------------------------------
@@ -416,7 +430,7 @@ def test_s3_large_file_goes_multipart_and_references_carry_no_credentials(s3_url
     for secret in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL"):
         assert os.environ[secret] not in text
     assert "s3://" not in text and bucket not in text  # keys are relative to the store
-    path = sf.materialize(store, ref, str(tmp_path / "cache"))
+    path = sc.materialize(store, ref, str(tmp_path / "cache"))
     assert sf.file_sha256(path)[1] == stored.sha256
     fs = sf.transfer_fs(store)
     retries = fs.config_kwargs["retries"]  # botocore rewrites max_attempts=10 as total 11
@@ -487,7 +501,7 @@ def test_s3_transfers_retry_throttling_and_5xx(s3_server, s3_bucket, tmp_path):
                            {"client_kwargs": {"endpoint_url": endpoint}})
         src = make_file(tmp_path / "s" / "data.bin", 3 * 2**20)
         stored = sf.persist(store, src, "runs/A/r/files/data/data.bin")
-        path = sf.materialize(store, durable(stored), str(tmp_path / "cache"))
+        path = sc.materialize(store, durable(stored), str(tmp_path / "cache"))
         assert sf.file_sha256(path)[1] == stored.sha256
         assert _Throttler.injected == 4 and _Throttler.budget == {"PUT": 0, "GET": 0}
     finally:

@@ -275,3 +275,77 @@ def test_cleanup_storage_deletes_unrecorded_objects_in_the_prefix_too(
     record = _cleanup_record(store, "CountingApp", "orphans")
     assert store.read(orphan) is None  # the whole prefix goes, recorded or not
     assert record["a"] == 0 and msgpack.unpackb(record["o"])["deleted"] == 1
+
+
+# ---- issue 12 item 1: a flipped byte after the node read it; issue 12 item 12: leftovers ------
+
+
+def _wait_gone(pid: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}"), "the killed driver's attempt still runs"
+
+
+def test_byte_flipped_after_the_node_read_it_fails_the_resumed_run(
+        ray_session, file_store, tmp_path, cli):
+    """The consumer's first attempt materializes the PERSISTENT file (the node cache is a hard
+    link to the store object), then the driver is killed; a byte of the store object is
+    flipped in place; the resumed consumer hits the cache. It must fail with
+    StorageIntegrityError, not complete with a wrong sum."""
+    from .apps.files_security_apps import expected_sum
+
+    count, gate = tmp_path / "count", tmp_path / "gate"
+    inp = json.dumps({"rows": 200_000, "count_file": str(count), "gate": str(gate)})
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(REPO)}
+    args = ["run", "tests.apps.files_security_apps:CheckedSumApp", "--input", inp,
+            "--run-id", "flip-after-read", "--store", file_store]
+    driver = subprocess.Popen([sys.executable, "-m", "runtime", *args], env=env,
+                              cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not lines(str(gate) + ".pid"):  # consume's input is in the node cache now
+            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the consumer never started"
+            time.sleep(0.1)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+    _wait_gone(int(lines(str(gate) + ".pid")[0]))
+    store = open_store(file_store)
+    runs = RunStore(store, "CheckedSumApp", "flip-after-read")
+    (key,) = [r["p"] for r in runs.load_journal().records if r["y"] == "o"]
+    cached = [os.path.join(d, f) for d, _, fs in
+              os.walk(run_scratch("CheckedSumApp", "flip-after-read")) for f in fs
+              if f == "values.arrow" and ".objects" in d]
+    assert cached and os.stat(cached[0]).st_ino == os.stat(store.path(key)).st_ino
+    path = store.path(key)
+    with open(path, "r+b") as fh:  # one byte of a value, in place: same inode, same size
+        fh.seek(os.path.getsize(path) // 2)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0x10]))
+    gate.touch()
+    resumed = cli(*args)
+    assert resumed.code == 1, (resumed.stdout, resumed.stderr[-2000:])
+    assert "StorageIntegrityError" in resumed.stderr and "does not match" in resumed.stderr
+    assert str(expected_sum(200_000)) not in resumed.stdout
+    assert runs.read_run().status is RunStatus.FAILED
+    assert lines(count) == ["produce", "consume"]  # the resumed consumer never saw the bytes
+
+
+def test_gc_removes_the_persistent_object_a_failed_attempt_left(ray_session, file_store, cli):
+    from .apps.files_security_apps import LeftoverApp
+
+    with pytest.raises(RunFailedError, match="payload limit"):
+        run_app(LeftoverApp, {}, run_id="leftover", store=file_store)
+    store = open_store(file_store)
+    left = store.list("persistent/LeftoverApp/leftover")
+    assert len(left) == 1 and left[0].endswith("/data/kept.arrow")  # uploaded, never recorded
+    folder = left[0].rsplit("/", 2)[0]
+    dry = cli("gc", "--older-than", "0s", "--store", file_store)
+    assert dry.code == 0 and f"{folder}/" in dry.stdout and "unreferenced" in dry.stdout
+    assert store.list("persistent/LeftoverApp/leftover") == left
+    done = cli("gc", "--older-than", "0s", "--yes", "--store", file_store)
+    assert done.code == 0, done.stderr
+    assert store.list("persistent/LeftoverApp/leftover") == []

@@ -1,6 +1,6 @@
 """`connector-runtime gc`: delete stored objects past their retention.
 
-What goes, per run folder (never `persistent/`):
+What goes, per run folder:
 
 - RETAINED `retained/{app}/{run_id}/`: when the run finished (COMPLETED, FAILED or CANCELLED)
   before the cutoff, by the run record's `finished_at`. A run still RUNNING keeps its objects.
@@ -10,22 +10,47 @@ What goes, per run folder (never `persistent/`):
   resume can replay outputs that point at them) or to runs whose on_complete never ran. Once
   past the retention a failed run is not expected to resume: resuming it afterwards fails its
   first task that reads a deleted object with a clear StorageIntegrityError.
+- PERSISTENT leftovers `persistent/{app}/{run_id}/{call}/a{attempt}-{token}/`: an attempt
+  that uploaded its output and then died (or failed) before its completion was journaled
+  leaves objects no record points at, under its own token folder. Such a folder goes when the
+  run finished before the cutoff, its newest object is older than the cutoff too, and no record
+  of the run names anything in it: neither an object record ("o"), nor a completed task's
+  output ("t"), nor the run's output. A run whose journal has a corrupt segment, or that has no
+  run record, keeps everything (the lost record might have named it). Referenced PERSISTENT
+  objects are never deleted.
 
-Everything is decided from the store alone (run records and listings), so gc runs anywhere,
-any time, with no driver alive. Dry run by default: it lists what would go.
+A file:// store is listed without following symbolic links (`storage.LocalStore`): a folder
+replaced by a link is skipped with a warning, never entered, so gc cannot delete outside the
+store. Everything is decided from the store alone (run records, journals and listings), so gc
+runs anywhere, any time, with no driver alive. Dry run by default: it lists what would go.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from storage import RunStatus, Store, delete_store_prefix, list_runs
+import msgpack
+
+from storage import (
+    RunStatus,
+    RunStore,
+    Store,
+    UnsafeEntryError,
+    delete_store_prefix,
+    list_runs,
+)
 
 __all__ = ["GcItem", "collect", "parse_age", "plan"]
+
+log = logging.getLogger("connector_runtime.gc")
+
+_ATTEMPT = re.compile(r"a\d+-[0-9a-f]{8}")
+"""An attempt's token folder, as `runtime.worker._files.after_task` names it."""
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -71,56 +96,59 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-def _mtime(info: dict[str, Any]) -> float:
-    for field in ("mtime", "LastModified", "last_modified", "created"):
-        value = info.get(field)
-        if isinstance(value, datetime):
-            return value.timestamp()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return datetime.fromisoformat(value).timestamp()
-            except ValueError:
-                continue
-    return 0.0
-
-
 def _contents(store: Store, prefix: str) -> tuple[int, int, float]:
     """(objects, bytes, newest mtime) under a prefix."""
     if store.protocol == "s3":
         store.fs.invalidate_cache()
-    try:
-        found = store.fs.find(store.path(prefix), detail=True)
-    except FileNotFoundError:
-        return 0, 0, 0.0
-    infos = [i for p, i in found.items() if not p.rsplit("/", 1)[-1].startswith(".tmp-")]
+    infos = [(k, size, mtime) for k, size, mtime in store.list_info(prefix)
+             if not k.rsplit("/", 1)[-1].startswith(".tmp-")]
     if not infos:
         return 0, 0, 0.0
-    return (len(infos), sum(int(i.get("size") or 0) for i in infos),
-            max(_mtime(i) for i in infos))
+    return len(infos), sum(size for _, size, _ in infos), max(m for _, _, m in infos)
 
 
-def plan(store: Store, older_than: float, now: float | None = None) -> list[GcItem]:
-    """What gc would delete: RETAINED and TRANSIENT folders of runs past the retention."""
+def _note(notes: list[str], message: str) -> None:
+    log.info("%s", message)
+    notes.append(message)
+
+
+def _dirs(store: Store, prefix: str, notes: list[str]) -> list[str]:
+    """Sub-folders of `prefix`; none (with a note) when it is a link out of the store."""
+    try:
+        return store.list_dirs(prefix)
+    except UnsafeEntryError as exc:
+        _note(notes, f"skipped {prefix}/: {exc}")
+        return []
+
+
+def plan(store: Store, older_than: float, now: float | None = None,
+         notes: list[str] | None = None) -> list[GcItem]:
+    """What gc would delete: RETAINED and TRANSIENT folders of runs past the retention, and
+    unreferenced PERSISTENT leftovers of finished runs. `notes` receives what was skipped and
+    why (a link in the store, a run whose journal cannot prove a leftover unreferenced)."""
+    notes = [] if notes is None else notes
     now = time.time() if now is None else now
     cutoff = now - older_than
     records = {(r.app, r.run_id): r for r in list_runs(store)}
     items: list[GcItem] = []
-    for app in store.list_dirs("retained"):
-        for run_id in store.list_dirs(f"retained/{app}"):
+    for app in _dirs(store, "retained", notes):
+        for run_id in _dirs(store, f"retained/{app}", notes):
             item = _candidate(store, f"retained/{app}/{run_id}", "retained", app, run_id,
                               records.get((app, run_id)), cutoff, now)
             if item is not None:
                 items.append(item)
-    for app in store.list_dirs("runs"):
-        for run_id in store.list_dirs(f"runs/{app}"):
-            if "files" not in store.list_dirs(f"runs/{app}/{run_id}"):
+    for app in _dirs(store, "runs", notes):
+        for run_id in _dirs(store, f"runs/{app}", notes):
+            if "files" not in _dirs(store, f"runs/{app}/{run_id}", notes):
                 continue
             item = _candidate(store, f"runs/{app}/{run_id}/files", "transient", app, run_id,
                               records.get((app, run_id)), cutoff, now)
             if item is not None:
                 items.append(item)
+    for app in _dirs(store, "persistent", notes):
+        for run_id in _dirs(store, f"persistent/{app}", notes):
+            items += _leftovers(store, app, run_id, records.get((app, run_id)), cutoff, now,
+                                notes)
     return items
 
 
@@ -140,11 +168,96 @@ def _candidate(store: Store, prefix: str, tier: str, app: str, run_id: str, reco
     return GcItem(prefix, tier, app, run_id, objects, size, now - stamp, why)
 
 
+def _finished_before(record: Any, cutoff: float) -> bool:
+    return (record is not None and record.status is not RunStatus.RUNNING
+            and record.finished_at is not None and record.finished_at < cutoff)
+
+
+def _leftovers(store: Store, app: str, run_id: str, record: Any, cutoff: float,
+               now: float, notes: list[str]) -> list[GcItem]:
+    """Attempt folders of a finished run's PERSISTENT objects that no record points at."""
+    if not _finished_before(record, cutoff):
+        return []  # running, resumable, recent, or unknown: everything stays
+    prefix = f"persistent/{app}/{run_id}"
+    folders: dict[str, list[tuple[int, float]]] = {}
+    for key, size, mtime in store.list_info(prefix):
+        parts = key[len(prefix) + 1:].split("/")
+        if len(parts) >= 3 and _ATTEMPT.fullmatch(parts[1]):  # {call}/a{n}-{token}/...
+            folders.setdefault(f"{prefix}/{parts[0]}/{parts[1]}", []).append((size, mtime))
+    if not folders:
+        return []
+    referenced = _referenced(store, app, run_id, record, notes)
+    if referenced is None:
+        return []
+    items = []
+    for folder, objects in sorted(folders.items()):
+        newest = max(m for _, m in objects)
+        if newest >= cutoff or any(p == folder or p.startswith(folder + "/")
+                                   for p in referenced):
+            continue
+        items.append(GcItem(folder, "persistent", app, run_id, len(objects),
+                            sum(s for s, _ in objects), now - record.finished_at,
+                            f"unreferenced (no record points at it); run "
+                            f"{record.status.value} finished"))
+    return items
+
+
+def _referenced(store: Store, app: str, run_id: str, record: Any,
+                notes: list[str]) -> set[str] | None:
+    """Every storage path the run's records name; None when a record may have been lost."""
+    try:
+        load = RunStore(store, app, run_id).load_journal()
+    except Exception as exc:  # unreadable: keep everything of this run
+        _note(notes, f"run {app}/{run_id}: journal not readable, its PERSISTENT objects are "
+              f"kept: {exc}")
+        return None
+    if load.corrupt:
+        _note(notes, f"run {app}/{run_id}: {len(load.corrupt)} corrupt journal segment(s), "
+              "its PERSISTENT objects are kept")
+        return None
+    found = set(_paths(record.output))
+    for r in load.records:
+        if r.get("y") == "o" and isinstance(r.get("p"), str):
+            found.add(r["p"])
+        elif r.get("y") == "t" and isinstance(r.get("o"), bytes):
+            try:
+                found.update(_paths(msgpack.unpackb(r["o"], raw=False)))
+            except Exception:  # an output we cannot read might name anything
+                _note(notes, f"run {app}/{run_id}: a recorded output is unreadable, its "
+                      "PERSISTENT objects are kept")
+                return None
+    return found
+
+
+def _paths(value: Any) -> Iterator[str]:
+    """Every `storage_path` in a dumped output (references sit anywhere in a contract)."""
+    if isinstance(value, dict):
+        path = value.get("storage_path")
+        if isinstance(path, str):
+            yield path.rstrip("/")
+        for v in value.values():
+            yield from _paths(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _paths(v)
+
+
 def collect(store: Store, items: list[GcItem]) -> int:
     """Delete the planned folders; how many objects went."""
     deleted = 0
+    records: dict[tuple[str, str], Any] = {}
     for item in items:
-        allowed = (f"retained/{item.app}/{item.run_id}" if item.tier == "retained"
-                   else f"runs/{item.app}/{item.run_id}/files")
+        if item.tier == "retained":
+            allowed = f"retained/{item.app}/{item.run_id}"
+        elif item.tier == "transient":
+            allowed = f"runs/{item.app}/{item.run_id}/files"
+        else:  # a leftover: only if the run did not start again since the plan was made
+            key = (item.app, item.run_id)
+            if key not in records:
+                records[key] = RunStore(store, item.app, item.run_id).read_run()
+            record = records[key]
+            if record is None or record.status is RunStatus.RUNNING:
+                continue
+            allowed = item.prefix
         deleted += delete_store_prefix(store, item.prefix, [allowed])
     return deleted

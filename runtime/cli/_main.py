@@ -268,8 +268,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    """List (dry run) or delete RETAINED objects, and TRANSIENT ones of finished runs, past
-    the retention; PERSISTENT objects are never touched."""
+    """List (dry run) or delete RETAINED objects, and TRANSIENT ones and unreferenced
+    PERSISTENT leftovers of finished runs, past the retention; PERSISTENT objects a record
+    points at are never touched."""
     from ._gc import collect, parse_age, plan
 
     try:
@@ -277,7 +278,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     store = _store(args)
-    items = plan(store, older_than)
+    notes: list[str] = []
+    items = plan(store, older_than, notes=notes)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     verb = "deleting" if args.yes else "would delete"
     for item in items:
         print(f"{verb} {item.describe()}")
@@ -398,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="partitions extracted at once (default: as many as CPUs allow)")
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("gc", help="delete RETAINED (and leftover TRANSIENT) objects past "
-                       "retention; dry run unless --yes")
+    p = sub.add_parser("gc", help="delete RETAINED (and leftover TRANSIENT, and unreferenced "
+                       "PERSISTENT) objects past retention; dry run unless --yes")
     p.add_argument("--older-than", required=True, metavar="AGE",
                    help="retention, e.g. 30d, 12h, 2w (by the run's finished_at, else the "
                    "object's mtime)")

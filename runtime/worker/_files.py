@@ -13,12 +13,20 @@ nested models. Each persisted reference gets a store folder of its own,
 earlier attempt - or one a dead driver left running, which may carry the same attempt number
 as the resumed run's - never overwrites the object another attempt recorded.
 
-Allowed roots (upload): a local-only reference must point inside the runtime's scratch root
-(`runtime._runcontext.scratch_root()`, i.e. $CONNECTOR_RUNTIME_SCRATCH or the temp dir's
-connector-runtime/scratch) or one of the folders in $CONNECTOR_RUNTIME_ALLOWED_ROOTS
-(os.pathsep-separated), after resolving symlinks and `..`. Anything else (`/etc/passwd`,
-`../../x`) fails the task with a non-retryable `PathRefusedError`: a task should not be able to
-ship arbitrary files of the worker's host to the store by naming them.
+Allowed roots (upload): a local-only reference must point inside the run's own scratch folder
+on this node (`{scratch root}/{app}/{run_id}`: another run's scratch is not the run's to ship)
+or one of the folders in $CONNECTOR_RUNTIME_ALLOWED_ROOTS (os.pathsep-separated), after
+resolving symlinks and `..`. Anything else (`/etc/passwd`, `../../x`, another run's files)
+fails the task with a non-retryable `PathRefusedError`: a task should not be able to ship
+arbitrary files of the worker's host to the store by naming them. Files in the run's scratch
+are the runtime's (`persist(owned=True)`: the writers' files may be hard-linked); files under an
+allowed root are the user's, copied and never changed.
+
+Allowed objects (download): a durable reference in a task's input must name one of this run's
+own objects (`runs/{app}/{run_id}/files/`, `retained/{app}/{run_id}/`,
+`persistent/{app}/{run_id}/`); a run's Input naming another run's stored object by path is
+refused with `PathRefusedError` before anything is read. Every attempt first checks the scratch
+root (`ensure_scratch_root`): a root another user owns or may write to fails the attempt.
 """
 
 from __future__ import annotations
@@ -33,9 +41,17 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from application_sdk.contracts import FileReference, Input, Output
-from storage import check_inside, materialize, persist, tier_prefix
+from storage import (
+    PathRefusedError,
+    StoreError,
+    check_inside,
+    materialize,
+    persist,
+    safe_key,
+    tier_prefix,
+)
 
-from .._runcontext import RunContext, safe_component, scratch_root
+from .._runcontext import RunContext, ensure_scratch_root, safe_component
 
 if TYPE_CHECKING:
     from application_sdk._context import TaskInfo
@@ -47,10 +63,31 @@ ALLOWED_ROOTS_VAR = "CONNECTOR_RUNTIME_ALLOWED_ROOTS"
 Visit = Callable[[FileReference, str], FileReference]
 
 
-def allowed_roots() -> list[str]:
-    """Where local-only references may point for upload: the scratch root and the env's."""
+def allowed_roots(run: RunContext) -> list[str]:
+    """Where the run's local-only references may point for upload: its own scratch folder on
+    this node and the operator's $CONNECTOR_RUNTIME_ALLOWED_ROOTS."""
     extra = os.environ.get(ALLOWED_ROOTS_VAR, "")
-    return [scratch_root(), *(p for p in extra.split(os.pathsep) if p.strip())]
+    return [run.scratch, *(p for p in extra.split(os.pathsep) if p.strip())]
+
+
+def own_prefixes(run: RunContext) -> list[str]:
+    """The store prefixes of the run's own objects, one per tier."""
+    return [tier_prefix(tier, run.app_name, run.run_id)
+            for tier in ("transient", "retained", "persistent")]
+
+
+def _check_own(key: str, run: RunContext, info: TaskInfo) -> None:
+    prefixes = own_prefixes(run)
+    try:
+        safe_key(key)  # no `..` walking out of a prefix that matched as text
+    except StoreError as exc:
+        raise PathRefusedError(f"task {info.task_name}: {exc}") from None
+    if not any(key.startswith(p + "/") for p in prefixes):
+        raise PathRefusedError(
+            f"task {info.task_name}: refused to read stored object {key!r}: it belongs to "
+            f"another run (or to no run); run {run.run_id} reads only its own objects, under "
+            f"{', '.join(prefixes)}. Pass the data as a file under an allowed root instead"
+        )
 
 
 def cache_dir(run: RunContext) -> str:
@@ -125,14 +162,18 @@ def _references(value: Any) -> list[FileReference]:
 
 
 def before_task(inp: Input, run: RunContext, info: TaskInfo) -> Input:
-    if not _references(inp):
-        return inp
+    ensure_scratch_root()  # before the task can write a byte there (one lstat once checked)
+    refs = [r for r in _references(inp) if r.is_durable and r.storage_path]
+    if not refs:
+        return inp  # local-only references are usable where they were made: nothing to fetch
+    for ref in refs:  # all refused before anything is read
+        _check_own(ref.storage_path.rstrip("/"), run, info)  # type: ignore[union-attr]
     store = run.store()
     cache = cache_dir(run)
 
     def fetch(ref: FileReference, _path: str) -> FileReference:
         if not ref.is_durable or not ref.storage_path:
-            return ref  # local-only: usable where it was made, nothing to fetch
+            return ref
         return ref.model_copy(update={"local_path": materialize(store, ref, cache)})
 
     return _walk(inp, fetch, "")
@@ -142,7 +183,8 @@ def after_task(out: Output, run: RunContext, info: TaskInfo) -> Output:
     if not _references(out):
         return out
     store = run.store()
-    roots = allowed_roots()
+    roots = allowed_roots(run)
+    own = os.path.realpath(run.scratch)
     call = safe_component(info.call_key)
     token = uuid.uuid4().hex[:8]  # an attempt of a dead driver may still run with this number
 
@@ -155,7 +197,8 @@ def after_task(out: Output, run: RunContext, info: TaskInfo) -> Output:
         key = (f"{tier_prefix(ref.tier, run.app_name, run.run_id)}/{call}/"
                f"a{info.attempt}-{token}/{field}/{name}")
         stored = persist(store, real, key, known_size=ref.size_bytes,
-                         known_sha256=ref.sha256, stamp_dir=cache_dir(run))
+                         known_sha256=ref.sha256, stamp_dir=cache_dir(run),
+                         owned=real.startswith(own + os.sep))
         return ref.model_copy(update={
             "storage_path": stored.storage_path,
             "is_durable": True,
