@@ -35,7 +35,11 @@ from .apps.liveness import Page, PagingApp
 
 GUARDED = ["datetime.now", "datetime.utcnow", "module datetime.now", "time.time",
            "imported time", "uuid.uuid4", "imported uuid4", "uuid.uuid1", "random.random",
-           "random.choice", "os.urandom", "open", "socket", "subprocess", "thread"]
+           "random.choice", "os.urandom", "open", "socket", "subprocess", "thread",
+           # reached without going through any module attribute a wrapper could sit on
+           "local import datetime", "helper module clock", "helper module perf_counter",
+           "time.monotonic", "time.perf_counter", "random.Random()", "random.SystemRandom()",
+           "date.today"]
 
 
 def journal(store: str, app: str, run_id: str) -> list[dict[str, Any]]:
@@ -110,6 +114,38 @@ def test_now_and_uuid4_are_replay_stable_across_a_driver_sigkill(ray_session, tm
     by_kind = {key.split(":")[0]: value for key, value in values.items()}
     assert out["at"] == by_kind["@now"]
     assert out["id"].replace("-", "") == by_kind["@uuid4"]
+
+
+@pytest.mark.parametrize("call", ["seeded random.Random", "logging", "datetime arithmetic"])
+def test_deterministic_calls_and_the_loops_own_clock_are_allowed_in_run(
+        ray_session, tmp_path, file_store, call):
+    assert run_app(d.AllowedApp, {"name": call, "folder": str(tmp_path)}, run_id="a",
+                   store=file_store).ok
+
+
+@pytest.mark.parametrize("guards", ["1", "0"])
+def test_a_sleep_imported_in_a_helper_module_is_durable_with_or_without_guards(
+        ray_session, tmp_path, file_store, monkeypatch, guards):
+    monkeypatch.setenv("CONNECTOR_RUNTIME_GUARDS", guards)
+    (tmp_path / "fail").touch()
+    start = time.monotonic()
+    with pytest.raises(RunFailedError):
+        run_app(d.NapApp, {"folder": str(tmp_path), "sleep": 2.0}, run_id="nap",
+                store=file_store)
+    assert time.monotonic() - start >= 2.0
+    (tmp_path / "fail").unlink()
+    start = time.monotonic()
+    assert run_app(d.NapApp, {"folder": str(tmp_path), "sleep": 2.0}, run_id="nap",
+                   store=file_store).ok
+    assert time.monotonic() - start < 2.0  # the timer fired already: replay sleeps what is left
+
+
+def test_the_opt_out_turns_refusals_off(ray_session, tmp_path, file_store, monkeypatch):
+    monkeypatch.setenv("CONNECTOR_RUNTIME_GUARDS", "0")
+    for call in ("time.monotonic", "local import datetime", "random.Random()"):
+        assert run_app(d.GuardedApp, {"name": call, "folder": str(tmp_path)},
+                       run_id=f"off-{call.replace(' ', '-').replace('()', '')}",
+                       store=file_store).ok
 
 
 def test_asyncio_sleep_in_run_is_a_durable_timer(ray_session, tmp_path, file_store):

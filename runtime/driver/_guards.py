@@ -1,43 +1,68 @@
 """Determinism guards: inside run() (or an entry point), calls that would not replay the same
 way raise `NondeterminismError` naming the call and pointing at a task.
 
-Design. The guards are active only in the context of the coroutine running run(): a contextvar
-(`ACTIVE`) is set in that task's context, and copied into the tasks it gathers. The runtime's
-own code turns it off while it works (`runtime_code()`), so dispatching, journaling and the
-recorded helpers (`now()`, `uuid4()`, `random()`) are unaffected, and so is every other
-coroutine and thread of the driver.
+Design. While a step of run()'s code executes - the coroutine running run(), and every task it
+creates (gathered branches) - a profile function (`sys.setprofile`) is installed on the
+driver's thread. It looks at two kinds of events only:
 
-Two mechanisms, measured against a `sys.setprofile` hook (rejected: a profile function runs on
-every call of every Python function in the driver's thread, costing far more than the 5%
-budget of the 300-sequential-task benchmark, since dispatch itself is Python):
-- process-wide wrappers, installed once, on module attributes and Python classes: `time.time`,
-  `uuid.uuid1/uuid4`, `random.*`, `os.urandom`, `open`, `socket.socket`, `subprocess.Popen`,
-  `os.system`, `threading.Thread.start`, `__import__` and `asyncio.sleep`. Each costs one
-  contextvar read when called, nothing otherwise.
-- the app module's globals: names bound at import to the originals (`from datetime import
-  datetime`, `from uuid import uuid4`, `from time import time`) are rebound to the guarded
-  versions; `datetime.datetime` is a C type whose `now` cannot be patched, so the name gets a
-  subclass whose `now`/`utcnow`/`today` are guarded (and isinstance still accepts real
-  datetimes).
+- `c_call`: the callable is compared (one dict lookup) with the clock, randomness, file and
+  process functions of the standard library: `time.time/monotonic/perf_counter/...` (and their
+  `_ns` forms), `datetime.now/utcnow/today`, `date.today`, `os.urandom/getrandom/system`,
+  `open`, the module-level `random` functions (bound to `random`'s hidden instance).
+  A C function is the same object however it was reached: through a
+  function-local `import datetime`, a helper module of the app, `from time import monotonic`
+  done before the runtime started - all are caught.
+- `call` of a Python function: its code object is compared with those of `uuid.uuid1/uuid4`,
+  `random.Random.__init__` without a seed and `random.SystemRandom`, `os.popen`,
+  `socket.socket.__init__`, `socket.create_connection`, `socket.getaddrinfo`,
+  `subprocess.Popen.__init__`,
+  `threading.Thread.start`.
 
-`asyncio.sleep(d)` in run() is a durable timer: the wake-up time is recorded on first
-execution, and a replay sleeps only what is left of it (nothing, if it passed).
+Calls made by `asyncio` (the event loop reads its clock inside a step: `call_later`) and by
+`logging` (a log record takes the time) are allowed: the check looks at the calling frame only
+when a forbidden callable is hit, so it costs nothing otherwise.
+
+The profile function is switched on and off, not left on: a task factory installed on the
+driver's event loop wraps the coroutine of every task created while run()'s context is active
+(`_GuardedStep`), which installs the profile function around each `send()`/`throw()` and
+removes it after; the runtime's own code called from run() (`runtime_code()`,
+`runtime_code_sync()`: dispatch, journaling, the recorded helpers) removes it while it works.
+So the driver's own code, the group committer, the heartbeat watch and every other coroutine
+of the loop run without it, and run()'s code pays one dict lookup per call it makes.
+
+Rejected: process-wide wrappers on module attributes and rebinding names in the app module's
+globals (the previous design). They missed every reference taken before they were installed
+(a helper module's `from time import monotonic`), a function-local `import datetime` (its
+`datetime.now` is a C method of a C type that cannot be patched), and instances
+(`random.Random()`); and they cost a contextvar read on every call of `time.time` anywhere in
+the process. A profile function left on for the driver's whole thread was measured at several
+times the 5% budget of the 300-sequential-task benchmark (dispatch itself is Python).
+Caveat: if run() catches a NondeterminismError and goes on, the rest of that step runs
+unguarded (CPython removes a profile function that raised); the next step is guarded again.
 
 Imports: inside run(), `import x` of a module outside the standard library, application_sdk,
-the app's own package and `passthrough_modules` raises. Only imports made by the app's own
-module are checked (an import a library makes internally is that library's business).
+the app's own package and `passthrough_modules` raises (a wrapper on `builtins.__import__`;
+only imports made by the app's own modules are checked).
 
-Set CONNECTOR_RUNTIME_GUARDS=0 to disable the guards (to measure their cost).
+`asyncio.sleep(d)` in run() is a durable timer: the wake-up time is recorded on first execution,
+and a replay sleeps only what is left of it. It is made durable at the function itself (its code
+object is swapped for a trampoline), so `from asyncio import sleep` in any module is durable too.
+`CONNECTOR_RUNTIME_GUARDS=0` turns the refusals off (to measure their cost, or for a run()
+known to be deterministic); durable timers stay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import asyncio.tasks
 import builtins
+import collections.abc
 import contextlib
 import contextvars
 import datetime as _dt
 import functools
+import io
+import logging
 import os
 import random
 import socket
@@ -45,6 +70,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -52,29 +78,19 @@ from typing import Any
 from application_sdk import _context
 from application_sdk.errors import NondeterminismError
 
-__all__ = ["ACTIVE", "activate", "enabled", "install", "runtime_code", "runtime_code_sync"]
+__all__ = ["ACTIVE", "activate", "deactivate", "enabled", "runtime_code", "runtime_code_sync"]
 
 ACTIVE: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
     "connector_runtime_guards", default=None
 )
-"""While run() executes: the module prefixes its code may import (else None)."""
+"""While run()'s own code executes: the module prefixes it may import (else None)."""
 
-_sync = threading.local()
-"""`off` > 0 while the runtime runs a synchronous stretch of its own code (runtime_code_sync)."""
-
-
-def _active() -> frozenset[str] | None:
-    """What ACTIVE holds, unless the runtime's own synchronous code is running."""
-    allowed = ACTIVE.get()
-    if allowed is not None and getattr(_sync, "off", 0):
-        return None
-    return allowed
-
-
-_real_time = time.time
-_real_sleep = asyncio.sleep
-_installed = False
-_swapped: dict[int, Any] = {}
+_HINTS = {
+    "now": " (or use application_sdk.app.now(), recorded and replay-stable)",
+    "uuid": " (or use application_sdk.app.uuid4(), recorded and replay-stable)",
+    "random": " (or use application_sdk.app.random(), recorded and replay-stable)",
+    "": "",
+}
 
 
 def enabled() -> bool:
@@ -88,124 +104,180 @@ def _refuse(call: str, hint: str = "") -> None:
     )
 
 
-_HINTS = {
-    "now": " (or use application_sdk.app.now(), recorded and replay-stable)",
-    "uuid": " (or use application_sdk.app.uuid4(), recorded and replay-stable)",
-    "random": " (or use application_sdk.app.random(), recorded and replay-stable)",
-}
+# ---- what is refused ------------------------------------------------------------------------
+
+def _c_forbidden() -> dict[Any, tuple[str, str]]:
+    clock = ("time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns",
+             "process_time", "process_time_ns", "thread_time", "thread_time_ns")
+    found: dict[Any, tuple[str, str]] = {}
+    for name in clock:
+        if hasattr(time, name):
+            found[getattr(time, name)] = (f"time.{name}()", _HINTS["now"])
+    for cls, names in ((_dt.datetime, ("now", "utcnow", "today")), (_dt.date, ("today",))):
+        for name in names:
+            found[getattr(cls, name)] = (f"{cls.__name__}.{name}()", _HINTS["now"])
+    for name in ("urandom", "getrandom"):
+        if hasattr(os, name):
+            found[getattr(os, name)] = (f"os.{name}()", _HINTS["random"])
+    found[os.system] = ("os.system()", "")
+    found[io.open] = ("open()", "")
+    inst = random._inst  # type: ignore[attr-defined]
+    found[inst.random] = ("random.random()", _HINTS["random"])
+    found[inst.getrandbits] = ("a module-level random function (random.choice, randint, "
+                               "shuffle, ...)", _HINTS["random"])
+    return found
 
 
-def _guard_fn(name: str, original: Any, hint: str = "") -> Any:
-    if getattr(original, "__guard_original__", None) is not None:
-        return original
-
-    @functools.wraps(original)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        if _active() is not None:
-            _refuse(f"{name}()", hint)
-        return original(*args, **kwargs)
-
-    guarded.__guard_original__ = original  # type: ignore[attr-defined]
-    return guarded
+def _unseeded(frame: types.FrameType) -> bool:
+    return frame.f_locals.get("x") is None
 
 
-class _RealInstanceCheck(type):
-    def __instancecheck__(cls, obj: Any) -> bool:
-        return isinstance(obj, cls.__bases__[0])
-
-    def __subclasscheck__(cls, sub: type) -> bool:
-        return issubclass(sub, cls.__bases__[0])
-
-
-class GuardedDatetime(_dt.datetime, metaclass=_RealInstanceCheck):
-    @classmethod
-    def now(cls, tz: Any = None) -> _dt.datetime:
-        if _active() is not None:
-            _refuse("datetime.now()", _HINTS["now"])
-        return _dt.datetime.now(tz)
-
-    @classmethod
-    def utcnow(cls) -> _dt.datetime:
-        if _active() is not None:
-            _refuse("datetime.utcnow()", _HINTS["now"])
-        return _dt.datetime.utcnow()
-
-    @classmethod
-    def today(cls) -> _dt.datetime:
-        if _active() is not None:
-            _refuse("datetime.today()", _HINTS["now"])
-        return _dt.datetime.today()
+def _py_forbidden() -> dict[types.CodeType, tuple[str, str, Any]]:
+    """Code object -> (what, hint, condition on the callee's frame or None)."""
+    code = {
+        uuid.uuid4: ("uuid.uuid4()", _HINTS["uuid"], None),
+        uuid.uuid1: ("uuid.uuid1()", _HINTS["uuid"], None),
+        random.Random.__init__: ("random.Random() without a seed", _HINTS["random"], _unseeded),
+        os.popen: ("os.popen()", "", None),
+        socket.socket.__init__: ("socket.socket()", "", None),
+        socket.create_connection: ("socket.create_connection()", "", None),
+        socket.getaddrinfo: ("socket.getaddrinfo()", "", None),
+        subprocess.Popen.__init__: ("subprocess.Popen()", "", None),
+        threading.Thread.start: ("starting a thread", "", None),
+    }
+    return {getattr(fn, "__code__", None): what for fn, what in code.items()
+            if getattr(fn, "__code__", None) is not None}
 
 
-class GuardedDate(_dt.date, metaclass=_RealInstanceCheck):
-    @classmethod
-    def today(cls) -> _dt.date:
-        if _active() is not None:
-            _refuse("date.today()", _HINTS["now"])
-        return _dt.date.today()
+_C_FORBIDDEN = _c_forbidden()
+_PY_FORBIDDEN = _py_forbidden()
+_TRUSTED_CALLERS = tuple(os.path.dirname(m.__file__) + os.sep for m in (asyncio, logging))
+"""Packages whose own calls are allowed: the event loop's clock, a log record's time."""
 
 
-class _GuardedDatetimeModule:
-    """Stands for the `datetime` module in an app module's globals."""
-
-    datetime = GuardedDatetime
-    date = GuardedDate
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_dt, name)
-
-
-_RANDOM_FUNCS = ("random", "randint", "randrange", "choice", "choices", "shuffle", "sample",
-                 "uniform", "getrandbits", "gauss", "normalvariate", "randbytes", "triangular",
-                 "betavariate", "expovariate")
-
-
-def _patch_module_functions() -> None:
-    time.time = _guard_fn("time.time", time.time, _HINTS["now"])
-    time.time_ns = _guard_fn("time.time_ns", time.time_ns, _HINTS["now"])
-    uuid.uuid1 = _guard_fn("uuid.uuid1", uuid.uuid1, _HINTS["uuid"])
-    uuid.uuid4 = _guard_fn("uuid.uuid4", uuid.uuid4, _HINTS["uuid"])
-    for name in _RANDOM_FUNCS:
-        if hasattr(random, name):
-            setattr(random, name, _guard_fn(f"random.{name}", getattr(random, name),
-                                            _HINTS["random"]))
-    os.urandom = _guard_fn("os.urandom", os.urandom, _HINTS["random"])
-    os.system = _guard_fn("os.system", os.system)
-    os.popen = _guard_fn("os.popen", os.popen)
-    builtins.open = _guard_fn("open", builtins.open)
-    socket.create_connection = _guard_fn("socket.create_connection",
-                                         socket.create_connection)
-    socket.getaddrinfo = _guard_fn("socket.getaddrinfo", socket.getaddrinfo)
+def _on_behalf_of_trusted(frame: types.FrameType | None) -> bool:
+    """Whether this call was made by `asyncio` or `logging` on the app's behalf: walking up the
+    stack, one of their frames comes before any frame of the app's own modules (a log record
+    factory - Ray installs one - reading the clock is logging's business)."""
+    app = ACTIVE.get() or frozenset()
+    for _ in range(_TRUSTED_DEPTH):
+        if frame is None:
+            return False
+        if frame.f_code.co_filename.startswith(_TRUSTED_CALLERS):
+            return True
+        name = frame.f_globals.get("__name__", "")
+        if any(name == p or name.startswith(p + ".") for p in app):
+            return False
+        frame = frame.f_back
+    return False
 
 
-def _patch_init(cls: type, call: str) -> None:
-    original = cls.__init__
-    if getattr(original, "__guard_original__", None) is not None:
+_TRUSTED_DEPTH = 12
+
+
+def _profile(frame: types.FrameType, event: str, arg: Any) -> None:
+    if event == "c_call":
+        hit = _C_FORBIDDEN.get(arg)
+        if hit is not None and not _on_behalf_of_trusted(frame):
+            _refuse(*hit)
+    elif event == "call":
+        hit3 = _PY_FORBIDDEN.get(frame.f_code)
+        if hit3 is not None and not _on_behalf_of_trusted(frame.f_back) and \
+                (hit3[2] is None or hit3[2](frame)):
+            _refuse(hit3[0], hit3[1])
+
+
+# ---- switching the profile function on and off ---------------------------------------------
+
+_sync = threading.local()
+"""`off` > 0 while the runtime runs a synchronous stretch of its own code (runtime_code_sync)."""
+
+
+def _guarding() -> bool:
+    return ACTIVE.get() is not None and not getattr(_sync, "off", 0)
+
+
+class _GuardedStep(collections.abc.Coroutine):
+    """A task's coroutine, stepped with the profile function on (while run()'s context is)."""
+
+    __slots__ = ("_coro",)
+
+    def __init__(self, coro: Any) -> None:
+        self._coro = coro
+
+    def send(self, value: Any) -> Any:
+        if not _guarding():
+            return self._coro.send(value)
+        previous = sys.getprofile()
+        sys.setprofile(_profile)
+        try:
+            return self._coro.send(value)
+        finally:
+            sys.setprofile(previous)
+
+    def throw(self, *args: Any) -> Any:
+        if not _guarding():
+            return self._coro.throw(*args)
+        previous = sys.getprofile()
+        sys.setprofile(_profile)
+        try:
+            return self._coro.throw(*args)
+        finally:
+            sys.setprofile(previous)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Any:
+        return self._coro.__await__()
+
+    def __getattr__(self, name: str) -> Any:  # cr_frame, cr_code, ... for asyncio's repr
+        return getattr(self._coro, name)
+
+
+_factories: dict[asyncio.AbstractEventLoop, tuple[Any, int]] = {}
+
+
+def _install_factory(loop: asyncio.AbstractEventLoop) -> None:
+    """Wrap every task created while run()'s context is active (refcounted per loop)."""
+    installed = _factories.get(loop)
+    if installed is not None:
+        _factories[loop] = (installed[0], installed[1] + 1)
         return
+    previous = loop.get_task_factory()
 
-    @functools.wraps(original)
-    def guarded_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        if _active() is not None:
-            _refuse(call)
-        original(self, *args, **kwargs)
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future:
+        context = kwargs.get("context")
+        active = context.get(ACTIVE) if context is not None else ACTIVE.get()
+        if active is not None and asyncio.iscoroutine(coro):
+            coro = _GuardedStep(coro)
+        if previous is not None:
+            return previous(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
 
-    guarded_init.__guard_original__ = original  # type: ignore[attr-defined]
-    cls.__init__ = guarded_init  # type: ignore[misc]
+    loop.set_task_factory(factory)
+    _factories[loop] = (previous, 1)
 
 
-def _patch_thread_start() -> None:
-    original = threading.Thread.start
-    if getattr(original, "__guard_original__", None) is not None:
+def _remove_factory(loop: asyncio.AbstractEventLoop) -> None:
+    installed = _factories.get(loop)
+    if installed is None:
         return
+    previous, users = installed
+    if users > 1:
+        _factories[loop] = (previous, users - 1)
+        return
+    del _factories[loop]
+    loop.set_task_factory(previous)
 
-    @functools.wraps(original)
-    def guarded_start(self: threading.Thread) -> None:
-        if _active() is not None:
-            _refuse("starting a thread")
-        original(self)
 
-    guarded_start.__guard_original__ = original  # type: ignore[attr-defined]
-    threading.Thread.start = guarded_start  # type: ignore[method-assign]
+# ---- imports ---------------------------------------------------------------------------------
+
+def _is_allowed(module: str, allowed: frozenset[str]) -> bool:
+    top = module.split(".")[0]
+    if top in sys.stdlib_module_names or top in allowed:
+        return True
+    return any(module == p or module.startswith(p + ".") for p in allowed)
 
 
 def _patch_import() -> None:
@@ -216,8 +288,9 @@ def _patch_import() -> None:
     @functools.wraps(original)
     def guarded_import(name: str, globals: Any = None, locals: Any = None,
                        fromlist: Any = (), level: int = 0) -> Any:
-        allowed = _active()
-        if allowed is not None and level == 0 and globals is not None:
+        allowed = ACTIVE.get() if _refusing else None
+        if allowed is not None and level == 0 and globals is not None and \
+                not getattr(_sync, "off", 0):
             importer = globals.get("__name__", "")
             if _is_allowed(importer, allowed) and not _is_allowed(name, allowed):
                 raise NondeterminismError(
@@ -232,98 +305,106 @@ def _patch_import() -> None:
     builtins.__import__ = guarded_import
 
 
-def _is_allowed(module: str, allowed: frozenset[str]) -> bool:
-    top = module.split(".")[0]
-    if top in sys.stdlib_module_names or top in allowed:
-        return True
-    return any(module == p or module.startswith(p + ".") for p in allowed)
+# ---- durable timers --------------------------------------------------------------------------
+
+_real_time = time.time
+_real_sleep: Any = None
 
 
-def _patch_sleep() -> None:
-    if getattr(asyncio.sleep, "__guard_original__", None) is not None:
+async def _durable_sleep(delay: float, result: Any = None) -> Any:
+    orchestrator = _context.orchestrator.get()
+    if orchestrator is None or delay <= 0 or ACTIVE.get() is None:
+        return await _real_sleep(delay, result)
+    with runtime_code():
+        wake = orchestrator.recorded_value("sleep", lambda: _real_time() + delay)
+        left = max(0.0, wake - _real_time())
+    return await _real_sleep(left, result)  # the loop's own clock reads are allowed
+
+
+def _install_durable_sleep() -> None:
+    """Make `asyncio.sleep` durable inside run() however it is referenced: its code object is
+    replaced by a trampoline (the function object every reference shares stays the same)."""
+    global _real_sleep
+    target = asyncio.tasks.sleep
+    if getattr(target, "__durable__", False):
         return
-
-    @functools.wraps(_real_sleep)
-    async def durable_sleep(delay: float, result: Any = None) -> Any:
-        orchestrator = _context.orchestrator.get()
-        if _active() is None or orchestrator is None or delay <= 0:
-            return await _real_sleep(delay, result)
-        with runtime_code():
-            wake = orchestrator.recorded_value("sleep", lambda: _real_time() + delay)
-            left = wake - _real_time()
-        return await _real_sleep(max(0.0, left), result)
-
-    durable_sleep.__guard_original__ = _real_sleep  # type: ignore[attr-defined]
-    asyncio.sleep = durable_sleep
+    _real_sleep = types.FunctionType(target.__code__, target.__globals__, target.__name__,
+                                     target.__defaults__, target.__closure__)
+    _real_sleep.__kwdefaults__ = target.__kwdefaults__
+    target.__globals__["_connector_runtime_durable_sleep"] = _durable_sleep
+    namespace: dict[str, Any] = {}
+    exec(compile("async def sleep(delay, result=None):\n"
+                 "    return await _connector_runtime_durable_sleep(delay, result)\n",
+                 target.__code__.co_filename, "exec"), target.__globals__, namespace)
+    target.__code__ = namespace["sleep"].__code__
+    target.__durable__ = True  # type: ignore[attr-defined]
 
 
-def install() -> None:
-    """Install the process-wide wrappers (idempotent)."""
-    global _installed
-    if _installed or not enabled():
-        return
-    _patch_module_functions()
-    _patch_init(socket.socket, "socket.socket()")
-    _patch_init(subprocess.Popen, "subprocess.Popen()")
-    _patch_thread_start()
-    _patch_import()
-    _patch_sleep()
-    _installed = True
+# ---- activation ------------------------------------------------------------------------------
 
-
-def guard_module_globals(module_name: str) -> None:
-    """Rebind names the app's module imported from time/uuid/random/os/datetime/... to the
-    guarded versions (they hold the originals since import)."""
-    module = sys.modules.get(module_name)
-    if module is None or not enabled():
-        return
-    replacements = {id(_dt.datetime): GuardedDatetime, id(_dt.date): GuardedDate,
-                    id(_dt): _GuardedDatetimeModule()}
-    for mod, names in ((time, ("time", "time_ns")), (uuid, ("uuid1", "uuid4")),
-                       (random, _RANDOM_FUNCS), (os, ("urandom", "system", "popen"))):
-        for name in names:
-            current = getattr(mod, name, None)
-            original = getattr(current, "__guard_original__", None)
-            if original is not None:
-                replacements[id(original)] = current
-    for name, value in list(vars(module).items()):
-        new = replacements.get(id(value))
-        if new is not None:
-            setattr(module, name, new)
+_refusing = False
+"""True once guards were activated with CONNECTOR_RUNTIME_GUARDS on (import checks)."""
 
 
 def activate(ctx: contextvars.Context, app_cls: type) -> None:
-    """Turn the guards on in `ctx`, the context run() will execute in."""
-    if not enabled():
-        return
-    install()
-    guard_module_globals(app_cls.__module__)
+    """Run() will execute in `ctx`: mark it (durable timers), and unless the guards are turned
+    off, refuse nondeterministic calls from its code. Call from the loop that runs run();
+    `deactivate()` when it is done."""
+    global _refusing
+    _install_durable_sleep()
     allowed = {"application_sdk", app_cls.__module__.split(".")[0], app_cls.__module__,
                *app_cls.passthrough_modules}
     ctx.run(ACTIVE.set, frozenset(allowed))
+    _refusing = enabled()
+    if not _refusing:
+        return
+    _patch_import()
+    _install_factory(asyncio.get_running_loop())
+
+
+def deactivate() -> None:
+    """run() is over on this loop (its task factory is removed when no run uses it)."""
+    if enabled():
+        _remove_factory(asyncio.get_running_loop())
 
 
 @contextlib.contextmanager
 def runtime_code_sync() -> Iterator[None]:
     """Guards off for a synchronous stretch of the runtime's code (no await inside it).
 
-    A thread-local flag, so the context is left untouched: each task of an
-    `asyncio.gather` has a context of its own, and setting a contextvar in it (as
-    `runtime_code` does) gives that task a private copy of the context's mapping, about
+    A thread-local flag and the profile function removed, so the context is left untouched:
+    each task of an `asyncio.gather` has a context of its own, and setting a contextvar in it
+    (as `runtime_code` does) gives that task a private copy of the context's mapping, about
     150 bytes per gathered call kept until the gather ends.
     """
+    previous = sys.getprofile()
+    if previous is _profile:
+        sys.setprofile(None)
     _sync.off = getattr(_sync, "off", 0) + 1
     try:
         yield
     finally:
         _sync.off -= 1
+        if previous is _profile:
+            sys.setprofile(_profile)
 
 
 @contextlib.contextmanager
 def runtime_code() -> Iterator[None]:
     """The runtime's own work, called from run()'s context: guards off (may span awaits)."""
     token = ACTIVE.set(None)
+    previous = sys.getprofile()
+    if previous is _profile:
+        sys.setprofile(None)
     try:
         yield
     finally:
         ACTIVE.reset(token)
+        # back in run()'s code: guarded again if this step is a guarded one
+        if ACTIVE.get() is not None and _refusing and _in_guarded_step():
+            sys.setprofile(_profile)
+
+
+def _in_guarded_step() -> bool:
+    task = asyncio.current_task()
+    return task is not None and isinstance(task.get_coro(), _GuardedStep)

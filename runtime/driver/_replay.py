@@ -105,6 +105,8 @@ async def replay_run_async(app_cls: type[App], run_id: str,
         if report.first_unrecorded is None:
             report.error = f"{type(exc).__name__}: {exc}"
             return report
+    finally:
+        guards.deactivate()
     recorded = {k: r["n"] for k, r in index.tasks.items() if not k.startswith("on_complete/")}
     report.not_requested = sorted(f"{n} ({k})" for k, n in recorded.items()
                                   if k not in orch.requested)

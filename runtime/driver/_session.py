@@ -255,6 +255,7 @@ class DriverSession:
             except Exception as exc:
                 error, outcome = exc, "failed"
             watcher.cancel()
+            guards.deactivate()
             await orch.close_run()  # what run() left running (gathered siblings) stops here
             executor.cancel_all()
         if self._lease_lost(committer, error):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import os
 import random
 import socket
@@ -18,11 +19,26 @@ from uuid import uuid4 as imported_uuid4
 from application_sdk.app import App, RetryPolicy, now, task, uuid4
 from application_sdk.contracts import Input, Output
 
+from . import guard_helper
 from .counting import mark
+
+
+def _local_datetime_now() -> object:
+    import datetime as local  # a function-local import: the real module, never patched
+
+    return local.datetime.now()
 
 
 def forbidden_call(name: str, folder: str) -> object:
     calls = {
+        "local import datetime": _local_datetime_now,
+        "helper module clock": lambda: guard_helper.elapsed_since(0.0),
+        "helper module perf_counter": guard_helper.tick,
+        "time.monotonic": lambda: time.monotonic(),
+        "time.perf_counter": lambda: time.perf_counter(),
+        "random.Random()": lambda: random.Random().random(),
+        "random.SystemRandom()": lambda: random.SystemRandom().random(),
+        "date.today": lambda: datetime.date.today(),
         "datetime.now": lambda: imported_datetime.now(),
         "datetime.utcnow": lambda: datetime.datetime.utcnow(),
         "module datetime.now": lambda: datetime.datetime.now(),
@@ -77,6 +93,27 @@ class GuardedApp(App):
 
             return await self.probe(input)
         forbidden_call(input.name, input.folder)
+        return await self.probe(input)
+
+
+def allowed_call(name: str) -> object:
+    """Deterministic (or the runtime's own) calls that run() may make."""
+    calls = {
+        "seeded random.Random": lambda: random.Random(42).random(),
+        "logging": lambda: logging.getLogger("tests.guarded").warning("from run()"),
+        "datetime arithmetic": lambda: datetime.datetime(2026, 1, 1) + datetime.timedelta(1),
+    }
+    return calls[name]()
+
+
+class AllowedApp(App):
+    @task
+    async def probe(self, input: Call) -> Done:
+        return Done(ok=True)
+
+    async def run(self, input: Call) -> Done:
+        allowed_call(input.name)
+        await asyncio.wait_for(self.probe(input), timeout=60)  # the loop's own clock
         return await self.probe(input)
 
 
@@ -240,3 +277,17 @@ class EvolvingV3(_EvolvingBase, name="Evolving"):
     async def count(self, input: Folder) -> RowsV3:
         mark(os.path.join(input.folder, "count"), "V3")
         return RowsV3(rows=7, table="t")
+
+
+class NapApp(App):
+    """Sleeps through a helper module's `from asyncio import sleep`, then fails once."""
+
+    @task(retry_policy=RetryPolicy(max_attempts=1))
+    async def after(self, input: Folder) -> Done:
+        if os.path.exists(os.path.join(input.folder, "fail")):
+            raise RuntimeError("failing while the flag is there")
+        return Done(ok=True)
+
+    async def run(self, input: Folder) -> Done:
+        await guard_helper.nap(input.sleep)
+        return await self.after(input)

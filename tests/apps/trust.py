@@ -100,6 +100,7 @@ class SequenceApp(App):
 class FailingGatherApp(App):
     @task(retry_policy=RetryPolicy(max_attempts=3, initial_interval=0.01))
     async def slow(self, input: Item) -> ItemDone:
+        mark(os.path.join(input.folder, "starts"), f"{input.index} {time.time()}")
         _item(input.folder, input.index, input.seconds, "slow")
         return ItemDone(index=input.index)
 
