@@ -452,7 +452,7 @@ def _slopes(m: Measured, sizes: list[int], t: Table) -> None:
 def _runtime_source() -> str:
     texts = []
     for folder in ("runtime", "application_sdk"):
-        for path in sorted((REPO / folder).glob("*.py")):
+        for path in sorted((REPO / folder).rglob("*.py")):
             texts.append(path.read_text(errors="replace"))
     return "\n".join(texts)
 

@@ -267,3 +267,34 @@ def test_run_task_in_process_with_heartbeat_details(tmp_path):
                       heartbeat_details=Page(page=9).model_dump(), attempt=2)
     assert result.output.first_page_of_last_attempt == 9
     assert result.heartbeats == [{"page": 9}, {"page": 10}]
+
+
+def test_no_guard_outlives_a_step_of_run():
+    """A task call ends its runtime code in a later step than it began: the profile function
+    switched back on there must not stay on for the event loop once that step is over (found
+    by the soak: the driver's own retry bookkeeping, in another task, was refused)."""
+    import asyncio
+    import contextvars
+    import sys as _sys
+
+    from runtime.driver import _guards as guards
+
+    class App:
+        __module__ = "tests.fake"
+        passthrough_modules = ()
+
+    async def main():
+        ctx = contextvars.copy_context()
+        guards.activate(ctx, App)
+
+        async def body():
+            with guards.runtime_code():
+                await asyncio.sleep(0)  # the call is dispatched: suspended in runtime code
+            return 1  # its result is back: run()'s code again, in a later step
+
+        await asyncio.get_running_loop().create_task(body(), context=ctx)
+        after = _sys.getprofile()
+        guards.deactivate()
+        return after
+
+    assert asyncio.run(main()) is None

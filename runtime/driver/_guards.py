@@ -178,11 +178,11 @@ _TRUSTED_DEPTH = 12
 def _profile(frame: types.FrameType, event: str, arg: Any) -> None:
     if event == "c_call":
         hit = _C_FORBIDDEN.get(arg)
-        if hit is not None and not _on_behalf_of_trusted(frame):
+        if hit is not None and _guarding() and not _on_behalf_of_trusted(frame):
             _refuse(*hit)
     elif event == "call":
         hit3 = _PY_FORBIDDEN.get(frame.f_code)
-        if hit3 is not None and not _on_behalf_of_trusted(frame.f_back) and \
+        if hit3 is not None and _guarding() and not _on_behalf_of_trusted(frame.f_back) and \
                 (hit3[2] is None or hit3[2](frame)):
             _refuse(hit3[0], hit3[1])
 
@@ -205,21 +205,21 @@ class _GuardedStep(collections.abc.Coroutine):
     def __init__(self, coro: Any) -> None:
         self._coro = coro
 
+    # Both paths restore the profile function after the step: a step that starts inside
+    # runtime code (unguarded) may leave it, when that code ends mid-step, back in run()'s.
     def send(self, value: Any) -> Any:
-        if not _guarding():
-            return self._coro.send(value)
         previous = sys.getprofile()
-        sys.setprofile(_profile)
+        if _guarding():
+            sys.setprofile(_profile)
         try:
             return self._coro.send(value)
         finally:
             sys.setprofile(previous)
 
     def throw(self, *args: Any) -> Any:
-        if not _guarding():
-            return self._coro.throw(*args)
         previous = sys.getprofile()
-        sys.setprofile(_profile)
+        if _guarding():
+            sys.setprofile(_profile)
         try:
             return self._coro.throw(*args)
         finally:
