@@ -23,7 +23,7 @@ from .harness.shapes import programs
 
 _ids = itertools.count()
 
-BOUNDED = settings(max_examples=4, deadline=None, derandomize=True, database=None,
+BOUNDED = settings(max_examples=3, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture,
                                           HealthCheck.too_slow])
 
@@ -52,7 +52,7 @@ def _run(program, store, tmp_path, ray_session, disturbance, entrypoint="shape")
 
 
 @BOUNDED
-@given(program=programs(),
+@given(program=programs(max_leaves=6),
        kills=st.lists(st.floats(0.5, 0.95), min_size=1, max_size=2),
        entrypoint=st.sampled_from(["shape", "shape_again"]))
 @example(program=GATHERED_VALUES, kills=[0.8], entrypoint="shape")
@@ -63,8 +63,9 @@ def test_killed_drivers_resume_to_the_undisturbed_result(ray_session, tmp_path_f
          drive.Disturbance(kills=kills), entrypoint)
 
 
-@settings(BOUNDED, max_examples=2)
-@given(program=programs(), kills=st.lists(st.floats(0.5, 0.95), min_size=1, max_size=2),
+@settings(BOUNDED, max_examples=1)
+@given(program=programs(max_leaves=6),
+       kills=st.lists(st.floats(0.5, 0.95), min_size=1, max_size=2),
        seed=st.integers(0, 2**16))
 def test_killed_drivers_on_a_faulty_s3_resume_to_the_undisturbed_result(
         ray_session, s3_server, tmp_path_factory, program, kills, seed):
@@ -83,8 +84,8 @@ def test_killed_drivers_on_a_faulty_s3_resume_to_the_undisturbed_result(
     assert sum(proxy.injected.values()) > 0
 
 
-@settings(BOUNDED, max_examples=3)
-@given(program=programs(), seed=st.integers(0, 2**16))
+@settings(BOUNDED, max_examples=2)
+@given(program=programs(max_leaves=6), seed=st.integers(0, 2**16))
 @example(program=GATHERED_VALUES, seed=5)
 def test_a_byte_flipped_between_kill_and_resume_is_never_a_wrong_result(
         ray_session, tmp_path_factory, program, seed):

@@ -218,7 +218,7 @@ def _leaf() -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-def _tree() -> st.SearchStrategy[dict[str, Any]]:
+def _tree(max_leaves: int) -> st.SearchStrategy[dict[str, Any]]:
     return st.recursive(
         _leaf(),
         lambda children: st.one_of(
@@ -228,7 +228,7 @@ def _tree() -> st.SearchStrategy[dict[str, Any]]:
                                                                    max_size=4)),
             st.builds(lambda a, b: {"t": "if", "then": a, "else": b}, children, children),
         ),
-        max_leaves=10,
+        max_leaves=max_leaves,
     )
 
 
@@ -275,7 +275,7 @@ def random_program(rng: Any) -> dict[str, Any]:
     return _number({"t": "seq", "c": [{"t": "task", "ms": 300, "flaky": 0}, tree(0)]}, [0])
 
 
-def programs() -> st.SearchStrategy[dict[str, Any]]:
+def programs(max_leaves: int = 10) -> st.SearchStrategy[dict[str, Any]]:
     """Programs with unique task ids (at least one task, so a run has something to kill)."""
-    return _tree().map(lambda tree: _number({"t": "seq", "c": [
+    return _tree(max_leaves).map(lambda tree: _number({"t": "seq", "c": [
         {"t": "task", "ms": 300, "flaky": 0}, tree]}, [0]))
