@@ -133,8 +133,9 @@ class FaultProxy:
                     return
                 head, body, method, path, headers = request
                 fault = self._choose(method, path, headers)
-                if fault == "slowdown":
-                    writer.write(_SLOWDOWN % (len(_SLOWDOWN_BODY), _SLOWDOWN_BODY))
+                if fault == "slowdown":  # a HEAD answer has no body, whatever its length says
+                    body = b"" if method == "HEAD" else _SLOWDOWN_BODY
+                    writer.write(_SLOWDOWN % (len(_SLOWDOWN_BODY), body))
                     await writer.drain()
                     continue
                 if fault == "reset_before":

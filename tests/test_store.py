@@ -235,3 +235,25 @@ def test_unsupported_store_exits_2_before_anything_runs(cli):
     res = cli("run", "tests.apps.counting:CountingApp", "--input", '{"count_file": "/tmp/x"}',
               "--store", "gs://bucket/prefix")
     assert res.code == 2 and "not supported" in res.stderr
+
+
+def test_s3_store_retries_throttling_and_resets_itself(s3_server, s3_bucket):
+    """The store's client retries a SlowDown, a reset before and a reset after the request
+    (the read-back makes the last one a success), and gives up on what will not change."""
+    from .faultproxy import FaultProxy
+
+    with FaultProxy(s3_server, {}) as proxy:
+        st = open_store(f"s3://{s3_bucket}/retry",
+                        {"client_kwargs": {"endpoint_url": proxy.url}})
+        proxy.plan = ["slowdown", "slowdown", "slowdown"]
+        st.write("k", b"v1")
+        assert st.read("k") == b"v1" and proxy.injected["slowdown"] == 3
+        token = st.read_versioned("k")[1]
+        proxy.plan = ["slowdown", "reset_after"]
+        assert st.replace_if("k", b"v2", token)
+        assert st.read("k") == b"v2"
+        proxy.plan = ["slowdown"] * 20  # throttled for longer than it retries: a clear error
+        with pytest.raises(StoreError, match=r"reduce your request rate|Service Unavailable"):
+            st.write("k", b"v3")
+        proxy.plan = []
+        assert st.read("k") == b"v2"
