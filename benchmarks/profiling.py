@@ -540,6 +540,105 @@ def _short(path: str) -> str:
 # -- command line ---------------------------------------------------------------------------------
 
 
+def lineage(n: int, repeat: int) -> str:
+    """Replaying n recorded gathered calls in-process (no Ray, no store): the orchestrator as
+    it is (a coroutine's lineage set per call), without the lineage, and the rejected
+    alternative: every recorded call waiting for its turn (a future per call, released in
+    record order by the event loop)."""
+    import asyncio
+    import contextvars
+    import statistics
+
+    import msgpack
+
+    from application_sdk import _context
+    from benchmarks.apps import BenchApp, Item
+    from runtime.driver import JournalIndex, StepRunner
+    from runtime.driver import _orchestrator as orch_mod
+    from runtime.driver._keys import canonical_json, digest, identity_data
+
+    class _Null:
+        has_urgent = False
+
+        def append(self, record: Any, urgent: bool = False) -> None:
+            pass
+
+    spec = BenchApp.tasks()["work"]
+    records = []
+    for i in range(n):
+        data = identity_data(Item(index=i))
+        key = f"work:{digest(canonical_json(data))}:0"
+        records.append({"y": "t", "k": key, "n": "work",
+                        "o": msgpack.packb({"index": i}), "a": 1})
+
+    def build() -> Any:
+        index = JournalIndex()
+        for r in records:
+            index.apply(r)
+        steps = StepRunner(index, _Null(), None, None)  # type: ignore[arg-type]
+        return orch_mod.Orchestrator(BenchApp, steps, index, _Null())  # type: ignore[arg-type]
+
+    async def replay(ordered: bool) -> float:
+        orch = build()
+        app = BenchApp()
+        loop = asyncio.get_running_loop()
+        waiting: dict[str, asyncio.Future[Any]] = {}
+        order = [r["k"] for r in records]
+        position = [0]
+
+        def release() -> None:  # the rejected design: the next recorded key, in record order
+            if position[0] >= len(order):
+                return
+            future = waiting.pop(order[position[0]], None)
+            if future is not None:
+                future.set_result(None)
+                position[0] += 1
+            loop.call_soon(release)
+
+        async def call(item: Item) -> Any:
+            out = await orch.call_task(app, spec, item)
+            if ordered:
+                key = f"work:{digest(canonical_json(identity_data(item)))}:0"
+                await waiting.setdefault(key, loop.create_future())
+            return out
+
+        ctx = contextvars.copy_context()
+        ctx.run(_context.orchestrator.set, orch)
+        started = time.perf_counter()
+        if ordered:
+            loop.call_soon(release)
+        async def run() -> None:
+            await asyncio.gather(*(call(Item(index=i)) for i in range(n)))
+
+        await loop.create_task(run(), context=ctx)
+        return time.perf_counter() - started
+
+    class _NoLineage:
+        def get(self) -> str:
+            return ""
+
+        def set(self, value: str) -> None:
+            pass
+
+    def measure(ordered: bool, lineage_on: bool) -> float:
+        real = orch_mod._position
+        if not lineage_on:
+            orch_mod._position = _NoLineage()  # type: ignore[assignment]
+        try:
+            return statistics.median(asyncio.run(replay(ordered)) for _ in range(repeat))
+        finally:
+            orch_mod._position = real
+
+    rows = [("lineage (as shipped)", measure(False, True)),
+            ("no lineage (occurrence order only)", measure(False, False)),
+            ("ordered release (rejected)", measure(True, True))]
+    base = rows[1][1]
+    lines = [f"replay of {n} recorded gathered calls, median of {repeat}, in-process"]
+    lines += [f"  {name:<36} {seconds * 1000:8.1f} ms  {seconds / base:5.2f}x"
+              for name, seconds in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profiling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -568,6 +667,10 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("n", type=int, nargs="?", default=1000)
     mem = sub.add_parser("memory", help="tracemalloc of a resume: what each recorded task holds")
     mem.add_argument("n", type=int, nargs="?", default=5000)
+    lin = sub.add_parser("lineage", help="recorded values under gather: lineage vs ordered "
+                         "replay, replaying N recorded gathered calls in-process")
+    lin.add_argument("n", type=int, nargs="?", default=5000)
+    lin.add_argument("--repeat", type=int, default=5)
     d = sub.add_parser("_driver")  # internal: the process `spy` profiles
     d.add_argument("case")
     d.add_argument("n", type=int)
@@ -591,6 +694,8 @@ def main(argv: list[str] | None = None) -> None:
         print(requests(args.n))
     elif args.cmd == "memory":
         print(memory(args.n))
+    elif args.cmd == "lineage":
+        print(lineage(args.n, args.repeat))
 
 
 if __name__ == "__main__":

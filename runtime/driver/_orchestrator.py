@@ -16,8 +16,9 @@ history that way). It needs every recorded call to wait for its turn instead of 
 once - a future and a trip through the event loop per replayed call, where the lineage costs
 one contextvar set - and a rule for when the next recorded completion is never asked for (a
 compatible code change, a divergence): detecting that the loop has nothing else to run, which
-asyncio does not expose. Measured on 5,000 replayed calls (benchmarks.profiling `lineage`):
-see benchmarks/PROFILE.md.
+asyncio does not expose. Measured replaying 5,000 recorded gathered calls in-process
+(`python -m benchmarks.profiling lineage`, no Ray, no store): 108 ms with occurrence order
+alone, 117 ms with the lineage (2 us a call), 167 ms with the calls released in record order.
 
 Calls with identical inputs made concurrently by two branches are one call identity (name +
 input digest) numbered in arrival order; a connector that needs them told apart gives them
