@@ -54,6 +54,7 @@ import os
 import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -85,6 +86,7 @@ __all__ = [
     "metadata_table",
     "next_watermark",
     "plan_partitions",
+    "plan_tables",
     "read_partition_checksum",
     "redact_url",
     "table_checksum",
@@ -186,13 +188,23 @@ def _sqlite_path(url: str) -> str:
     return path
 
 
+_DIALECTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _dialect(conn) -> str:
+    # Asked before nearly every query; adbc_get_info is a driver round trip each time.
+    dialect = _DIALECTS.get(conn)
+    if dialect is not None:
+        return dialect
     vendor = str(conn.adbc_get_info().get("vendor_name", "")).lower()
     if "sqlite" in vendor:
-        return SQLITE
-    if "postgres" in vendor:
-        return POSTGRESQL
-    raise SourceError(f"unsupported database vendor {vendor!r}")
+        dialect = SQLITE
+    elif "postgres" in vendor:
+        dialect = POSTGRESQL
+    else:
+        raise SourceError(f"unsupported database vendor {vendor!r}")
+    _DIALECTS[conn] = dialect
+    return dialect
 
 
 # --- SQL text ------------------------------------------------------------------------
@@ -725,27 +737,54 @@ def _order_columns(info: dict, dialect: str) -> list[str]:
 def _choose_key(conn, dialect: str, info: dict) -> tuple[str, str | None]:
     """``(strategy, key column)`` for `plan_partitions`."""
     key = info["primary_key"]
-    if len(key) == 1 and pa.types.is_integer(info["_arrow"].get(key[0], pa.null())):
+    arrow = info["_arrow"]
+    if len(key) == 1 and pa.types.is_integer(arrow.get(key[0], pa.null())):
         return "key_range", key[0]
     names = [c["name"] for c in info["columns"]]
     if dialect == SQLITE and _has_rowid(conn, (info["schema"], info["table"]), names):
         return "rowid_range", "rowid"
+    # A composite key led by an integer column: ranges over that column still put every row in
+    # exactly one partition (key columns are NOT NULL: PostgreSQL and WITHOUT ROWID tables
+    # enforce it), without LIMIT/OFFSET's O(offset) scans.
+    if key and pa.types.is_integer(arrow.get(key[0], pa.null())):
+        return "key_range", key[0]
     return "offset", None
 
 
-def _stats(conn, ref, strategy: str, key: str | None, watermark: str | None, since) -> tuple:
-    """``(rows, min key, max key, max watermark)`` of the rows newer than ``since``."""
-    select = ["SELECT count(*)"]
-    if strategy == "offset":
-        select.append(", NULL, NULL")
-    else:
-        key_sql = "rowid" if strategy == "rowid_range" else quote_ident(key)
-        select.append(f", min({key_sql}), max({key_sql})")
-    select.append(f", max({quote_ident(watermark)})" if watermark else ", NULL")
-    parts: list[str | _Param] = [*select, f" FROM {_qualified(ref)}"]
+def _one(conn, parts: Sequence[str | _Param]) -> object:
+    return _query(conn, parts)[0][0]
+
+
+def _stats(conn, dialect: str, ref, strategy: str, key: str | None, watermark: str | None,
+           since) -> tuple:
+    """``(rows, min key, max key, max watermark)`` of the rows newer than ``since``.
+
+    One aggregate per query: SQLite answers a lone ``count(*)`` from its smallest b-tree and a
+    lone ``min``/``max`` of a key with one seek, but scans the table for ``count(*), min(k),
+    max(k)`` together (80 ms instead of 5 ms for 2.2 M rows). PostgreSQL key ranges take the
+    row count from the planner's statistics when it has them: for a key range the count only
+    decides how many partitions there are, and counting is a scan there.
+    """
+    table = f" FROM {_qualified(ref)}"
+    where: list[str | _Param] = []
     if since is not None:
-        parts += [f" WHERE {quote_ident(watermark)} > ", _Param(since)]
-    return _query(conn, parts)[0]
+        where = [f" WHERE {quote_ident(watermark)} > ", _Param(since)]
+    rows = None
+    if dialect == POSTGRESQL and since is None and strategy != "offset":
+        rows = _row_count_estimate(conn, dialect, ref)
+    if rows is None:
+        rows = _one(conn, ["SELECT count(*)", table, *where])
+    low = high = None
+    if strategy != "offset":
+        key_sql = "rowid" if strategy == "rowid_range" else quote_ident(key)
+        low = _one(conn, [f"SELECT min({key_sql})", table, *where])
+        high = _one(conn, [f"SELECT max({key_sql})", table, *where])
+        if low is None:  # no rows (a statistic can be stale)
+            rows = 0
+    until = None
+    if watermark:
+        until = _one(conn, [f"SELECT max({quote_ident(watermark)})", table, *where])
+    return rows, low, high, until
 
 
 def _ranges(low: int, high: int, rows: int, target_rows: int) -> list[dict]:
@@ -774,6 +813,13 @@ def _offsets(rows: int, target_rows: int, order_by: list[str]) -> list[dict]:
     ]
 
 
+def _check_plan(target_rows: int, watermark_column: str | None, since: object) -> None:
+    if target_rows < 1:
+        raise ValueError("target_rows must be positive")
+    if since is not None and watermark_column is None:
+        raise ValueError("since needs a watermark_column")
+
+
 def plan_partitions(
     conn,
     table: str,
@@ -790,18 +836,57 @@ def plan_partitions(
     ``since < watermark <= until`` are covered, ``until`` being the max watermark seen
     now: pass `next_watermark` of the result as the next run's ``since``. No rows -> [].
     """
-    if target_rows < 1:
-        raise ValueError("target_rows must be positive")
-    if since is not None and watermark_column is None:
-        raise ValueError("since needs a watermark_column")
-    dialect = _dialect(conn)
+    _check_plan(target_rows, watermark_column, since)
     info = _describe(conn, [table], with_counts=False)[0]
+    return _plan(conn, info, target_rows, watermark_column, since)
+
+
+def plan_tables(
+    conn,
+    tables: Sequence[str],
+    target_rows: int = DEFAULT_TARGET_ROWS,
+    watermark_column: str | None = None,
+    since: dict[str, object] | None = None,
+) -> list[dict]:
+    """Describe a batch of tables once and plan each (what an extraction run needs).
+
+    One dict per table: ``{table: "schema.table", columns: [{name, type, arrow_type, ...}],
+    primary_key, incremental, since, partitions}``. ``watermark_column`` applies to the tables
+    that have it (``incremental: true``); the others are planned in full. ``since`` maps
+    ``schema.table`` to the previous run's watermark.
+    """
+    since = since or {}
+    planned = []
+    for info in _describe(conn, tables, with_counts=False):
+        name = f"{info['schema']}.{info['table']}"
+        incremental = bool(watermark_column) and watermark_column in {
+            c["name"] for c in info["columns"]
+        }
+        start = since.get(name) if incremental else None
+        column = watermark_column if incremental else None
+        _check_plan(target_rows, column, start)
+        partitions = _plan(conn, info, target_rows, column, start)
+        planned.append({
+            "table": name,
+            "columns": info["columns"],
+            "primary_key": info["primary_key"],
+            "incremental": incremental,
+            "since": start,
+            "partitions": partitions,
+        })
+    return planned
+
+
+def _plan(conn, info: dict, target_rows: int, watermark_column: str | None,
+          since: object) -> list[dict]:
+    dialect = _dialect(conn)
     names = {c["name"] for c in info["columns"]}
+    table = f"{info['schema']}.{info['table']}"
     if watermark_column is not None and watermark_column not in names:
         raise SourceError(f"unknown watermark column {watermark_column!r} in {table}")
     strategy, key = _choose_key(conn, dialect, info)
     ref = (info["schema"], info["table"])
-    rows, low, high, until = _stats(conn, ref, strategy, key, watermark_column, since)
+    rows, low, high, until = _stats(conn, dialect, ref, strategy, key, watermark_column, since)
     if not rows:
         return []
     if strategy == "offset":
@@ -811,7 +896,7 @@ def plan_partitions(
     else:
         pieces = [{"column": key, **r} for r in _ranges(low, high, rows, target_rows)]
     common = {
-        "table": f"{info['schema']}.{info['table']}",
+        "table": table,
         "strategy": strategy,
         "watermark_column": watermark_column,
         "since": since,

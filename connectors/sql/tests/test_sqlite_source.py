@@ -249,6 +249,23 @@ def test_fallbacks_without_integer_key(tmp_path):
         assert plan_partitions(conn, "kv", target_rows=4000)[0]["order_by"] == ["k"]
 
 
+def test_composite_key_led_by_an_integer_is_split_by_ranges(tmp_path):
+    """WITHOUT ROWID, key (a INTEGER, b TEXT): key ranges over ``a``, many rows per value."""
+    path = tmp_path / "pair.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE pair (a INTEGER, b TEXT, v REAL, PRIMARY KEY (a, b)) WITHOUT ROWID")
+    db.executemany("INSERT INTO pair VALUES (?, ?, ?)",
+                   [(i // 3, f"b{i % 3}", i / 7) for i in range(3000)])
+    db.commit()
+    url = f"sqlite:///{path}"
+    with connect(url) as conn:
+        partitions, results = extract_all(conn, url, "pair", tmp_path, target_rows=400)
+        assert {(p["strategy"], p["column"]) for p in partitions} == {("key_range", "a")}
+        assert len(partitions) == 8
+        assert_ranges_tile(partitions)
+        assert assert_exactly_once(conn, "pair", results) == 3000
+
+
 def test_leading_nulls_odd_names_and_numeric_affinity(tmp_path):
     """The ADBC SQLite driver types columns from the first batch; the typing row fixes it."""
     path = tmp_path / "odd.db"
