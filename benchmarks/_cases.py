@@ -39,6 +39,7 @@ SIZES: dict[str, tuple[list[int], list[int]]] = {
     "heartbeat": ([100, 1000], [20]),
     "guards": ([100, 300], [10]),
     "sql": ([1_000_000, 5_000_000], [20_000]),
+    "startup": ([5_000_000], [20_000]),
     "files": ([128, 1024], [4]),
     "jobs": ([100], [10]),
 }
@@ -574,6 +575,7 @@ CASES: dict[str, CaseFn] = {
     "heartbeat": case_heartbeat,
     "guards": case_guards,
     "sql": _extra("sql"),
+    "startup": _extra("startup"),
     "files": _extra("files"),
     "jobs": _extra("jobs"),
 }

@@ -1,8 +1,9 @@
 """Start-up: how long a user waits before work begins (issue 17).
 
-    .venv/bin/python -m benchmarks.bench_startup [repeats]
+    .venv/bin/python -m benchmarks.bench_startup [demo_rows] [repeats]
 
-`run(repeats)` (harness: ``--cases startup``) returns figures of two measurements:
+`run(demo_rows)` (harness: ``--cases startup``) returns figures of two measurements, each
+repeated `REPEATS` times (once for a smoke run of fewer than 100,000 demo rows):
 
 * ``first_task``: ``connector-runtime run benchmarks.bench_startup:FirstTaskApp`` as a
   subprocess attached to a Ray that is already up (``RAY_ADDRESS``, as with ``ray job submit``
@@ -15,7 +16,7 @@
   start, both runs, summary), and the phases the demo prints. It starts a Ray of its own
   (``RAY_ADDRESS`` removed), as a user's first command does.
 
-Medians of ``repeats`` launches each; the spread is printed too (the machine is shared).
+Medians of the launches; min and max are reported too (the machine is shared).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from benchmarks._env import REPO
 __all__ = ["FirstTaskApp", "run"]
 
 DEMO_ROWS = 5_000_000
+REPEATS = 5
 CLI = [sys.executable, "-m", "runtime"]
 
 
@@ -115,8 +117,10 @@ def _ray_address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
-def run(repeats: int = 5, rows: int = DEMO_ROWS) -> dict[str, Any]:
+def run(rows: int = DEMO_ROWS, repeats: int | None = None) -> dict[str, Any]:
     """Figures of ``repeats`` launches of each measurement (see the module docstring)."""
+    if repeats is None:
+        repeats = REPEATS if rows >= 100_000 else 1
     address = _ray_address()
     work = tempfile.mkdtemp(prefix="bench-startup-")
     try:
@@ -147,8 +151,9 @@ def run(repeats: int = 5, rows: int = DEMO_ROWS) -> dict[str, Any]:
 
 
 def main() -> None:
-    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    for key, value in run(repeats).items():
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else DEMO_ROWS
+    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    for key, value in run(rows, repeats).items():
         print(f"{key:>24}: {value}")
 
 

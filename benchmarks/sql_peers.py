@@ -59,6 +59,7 @@ def _sqlalchemy_url(source_url: str) -> str:
 def dlt_extract(source_url: str, dest_dir: str, work_dir: str) -> dict:
     """All tables through one dlt pipeline; ``work_dir`` holds dlt's pipeline state."""
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    os.environ.setdefault("RUNTIME__LOG_LEVEL", "ERROR")  # its REAL-type warnings, per column
     os.environ.setdefault("DLT_DATA_DIR", os.path.join(work_dir, "dlt-data"))
     import dlt
     from dlt.sources.sql_database import sql_database
