@@ -23,6 +23,7 @@ from connectors.sql import (
     metadata_table,
     next_watermark,
     plan_partitions,
+    plan_tables,
     read_partition_checksum,
     redact_url,
     table_checksum,
@@ -160,6 +161,33 @@ def test_partitions_cover_every_row_exactly_once(conn, demo, tmp_path, table):
         assert (rows, checksum) == (result["rows"], result["checksum"])
     schema = dict(results[0]["schema"])
     assert schema["updated_at"] == "int64"
+
+
+def test_plan_tables_plans_a_batch_like_each_table_alone(conn, tmp_path):
+    """One description for the batch; the same partitions as `plan_partitions` per table, the
+    watermark applied to the tables that have the column, each from its own ``since``."""
+    db = sqlite3.connect(tmp_path / "mixed.db")
+    db.executescript(
+        "CREATE TABLE a (id INTEGER PRIMARY KEY, wm INTEGER, v TEXT);"
+        "CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT);"
+    )
+    db.executemany("INSERT INTO a VALUES (?, ?, ?)", [(i, i * 10, f"a{i}") for i in range(1, 301)])
+    db.executemany("INSERT INTO b VALUES (?, ?)", [(i, f"b{i}") for i in range(1, 201)])
+    db.commit()
+    with connect(f"sqlite:///{tmp_path / 'mixed.db'}") as mixed:
+        planned = plan_tables(mixed, ["main.a", "main.b"], target_rows=50,
+                              watermark_column="wm", since={"main.a": 1000})
+        by_name = {p["table"]: p for p in planned}
+        assert by_name["main.a"]["incremental"] and not by_name["main.b"]["incremental"]
+        assert by_name["main.a"]["partitions"] == plan_partitions(
+            mixed, "main.a", 50, watermark_column="wm", since=1000)
+        assert sum(p["estimated_rows"] for p in by_name["main.a"]["partitions"]) == 200
+        assert by_name["main.b"]["partitions"] == plan_partitions(mixed, "main.b", 50)
+        assert [c["name"] for c in by_name["main.b"]["columns"]] == ["id", "v"]
+    everything = [f"main.{t}" for t in DEMO_TABLES]
+    for table in plan_tables(conn, everything, target_rows=1_500):
+        assert table["partitions"] == plan_partitions(conn, table["table"], 1_500)
+        assert table["primary_key"] == describe_tables(conn, [table["table"]])[0]["primary_key"]
 
 
 def test_partition_plan_is_json_and_single_partition_when_small(conn):
