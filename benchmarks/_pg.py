@@ -5,7 +5,9 @@ helpers of `tests/services.py` (`_pg_bindir`, `_pg_run_as`, ...): the fixture it
 generator and cannot be entered outside a test session, so only its start/stop sequence is
 repeated here. The server listens on 127.0.0.1 on a free port, trusts local connections, and
 runs with fsync off (loading 5 M rows is not what is measured; reads are the same either way).
-Everything lives in a fresh ``/tmp/pgbench-*`` folder that is removed on exit.
+Everything lives in a fresh ``/tmp/pgbench-*`` folder that is removed on exit. ``pg_ctl``
+daemonizes the server, so a benchmark killed with SIGKILL leaves it running: stop it with
+``pg_ctl -D /tmp/pgbench-*/data stop`` (as the account that runs it) and remove the folder.
 
     with postgres_server() as server:     # None when the server binaries are not installed
         url = server.create_database("bench")
