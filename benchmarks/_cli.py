@@ -61,7 +61,7 @@ def _sizes(values: list[str]) -> dict[str, list[int]]:
             out[case] = sizes
         else:
             for name in CASES:
-                if name not in ("sql", "files", "jobs"):  # rows and MB, not task counts
+                if name not in ("sql", "startup", "files", "jobs"):  # rows and MB, not tasks
                     out.setdefault(name, sizes)
     return out
 

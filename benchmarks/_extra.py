@@ -3,6 +3,8 @@
 - `benchmarks/bench_sql.py` (`run(rows)`): the SQL connector app (`connectors/sql/app.py`) on
   Ray with 1 and 2 worker CPUs against `benchmarks/sql_baseline.py`'s single-process
   ADBC-to-Parquet loop (the limit). Until the app exists, only the limit is measured here.
+- `benchmarks/bench_startup.py` (`run(demo_rows)`): time to the first task of
+  `connector-runtime run` on a running Ray, and the whole demo (issue 17).
 - `benchmarks/bench_files.py` (`run(size_mb)`): the FileReference benchmark of issue 5.
 - `benchmarks/bench_jobs.py` (`run(tasks)`): the `ray job submit` path of issue 6. Opt-in
   (`--cases jobs`): it starts a Ray head of its own next to the benchmark's Ray.
@@ -26,7 +28,7 @@ from typing import Any
 from ._cases import Context
 from ._measure import Table, Variant, fmt_s, interleave, median
 
-__all__ = ["case_files", "case_jobs", "case_service", "case_sql"]
+__all__ = ["case_files", "case_jobs", "case_service", "case_sql", "case_startup"]
 
 
 def _module(name: str) -> tuple[Any, str | None]:
@@ -95,6 +97,16 @@ async def _sql_baseline_only(ctx: Context, t: Table, baseline: Any) -> None:
     for variant, why in m.errors.items():
         t.notes.append(f"{variant}: not measured ({why})")
     shutil.rmtree(work, ignore_errors=True)
+
+
+async def case_startup(ctx: Context) -> Table:
+    title = "8d. Start-up: `connector-runtime run` to its first task, and the whole demo"
+    bench, why = _module("benchmarks.bench_startup")
+    if bench is None:
+        t = Table("startup", title, ["demo rows", "figure", "median", "range"])
+        t.notes.append(f"not available: {why}")
+        return t
+    return await _dict_case(ctx, "startup", title, bench, "demo rows", lambda n: f"{n:,} rows")
 
 
 async def case_files(ctx: Context) -> Table:

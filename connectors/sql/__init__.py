@@ -5,7 +5,7 @@ functions in tasks. Inputs and outputs are JSON-able values or pyarrow objects.
 """
 
 from connectors.sql._checksum import add_checksums
-from connectors.sql._demo import DEMO_TABLES, generate_demo_sqlite
+from connectors.sql._demo import DEMO_TABLES, generate_demo_postgres, generate_demo_sqlite
 from connectors.sql._source import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_TARGET_ROWS,
@@ -17,6 +17,7 @@ from connectors.sql._source import (
     metadata_table,
     next_watermark,
     plan_partitions,
+    plan_tables,
     read_partition_checksum,
     redact_url,
     table_checksum,
@@ -31,11 +32,13 @@ __all__ = [
     "connect",
     "describe_tables",
     "extract_partition",
+    "generate_demo_postgres",
     "generate_demo_sqlite",
     "list_tables",
     "metadata_table",
     "next_watermark",
     "plan_partitions",
+    "plan_tables",
     "read_partition_checksum",
     "redact_url",
     "table_checksum",

@@ -16,6 +16,12 @@ Design choices (measured on 2 cores):
   not scan the table.
 * The file is built next to the destination and renamed into place: a crash never
   leaves a half-built database under the final name, and a retry simply rebuilds it.
+* `generate_demo_postgres` loads the same rows into PostgreSQL (the benchmark's second source):
+  the same tables, columns and values (BIGINT for INTEGER, DOUBLE PRECISION for REAL, timestamps
+  kept as text), so a checksum of either source's extraction is the same number. Rows go in
+  through ADBC's COPY into bare tables; keys, foreign keys and indexes are added afterwards
+  (one index build instead of per-row checks), then VACUUM ANALYZE, so planner statistics and
+  the visibility map are those of a settled database.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import pyarrow.compute as pc
 
 from connectors.sql._checksum import mix64
 
-__all__ = ["DEMO_TABLES", "generate_demo_sqlite"]
+__all__ = ["DEMO_TABLES", "generate_demo_postgres", "generate_demo_sqlite"]
 
 _U64 = pa.uint64()
 _MASK = (1 << 64) - 1
@@ -87,6 +93,33 @@ _DDL = {
         updated_at INTEGER NOT NULL)""",
 }
 DEMO_TABLES = tuple(_DDL)
+
+_PG_COLUMNS = {
+    "customers": "id BIGINT NOT NULL, name TEXT NOT NULL, email TEXT, country TEXT NOT NULL,"
+    " signup_at TEXT NOT NULL, lifetime_value DOUBLE PRECISION, is_active BIGINT NOT NULL,"
+    " updated_at BIGINT NOT NULL",
+    "products": "id BIGINT NOT NULL, sku TEXT NOT NULL, name TEXT NOT NULL,"
+    " category TEXT NOT NULL, price DOUBLE PRECISION NOT NULL, description TEXT,"
+    " updated_at BIGINT NOT NULL",
+    "orders": "id BIGINT NOT NULL, customer_id BIGINT NOT NULL, status TEXT NOT NULL,"
+    " total DOUBLE PRECISION NOT NULL, discount DOUBLE PRECISION, ordered_at TEXT NOT NULL,"
+    " shipped_at TEXT, updated_at BIGINT NOT NULL",
+    "order_items": "order_id BIGINT NOT NULL, line_no BIGINT NOT NULL,"
+    " product_id BIGINT NOT NULL, quantity BIGINT NOT NULL,"
+    " unit_price DOUBLE PRECISION NOT NULL, updated_at BIGINT NOT NULL",
+    "events": "id BIGINT NOT NULL, customer_id BIGINT, kind TEXT NOT NULL, payload TEXT,"
+    " value DOUBLE PRECISION, occurred_at BIGINT NOT NULL, updated_at BIGINT NOT NULL",
+}
+_PRIMARY_KEYS = {
+    "customers": "id", "products": "id", "orders": "id", "order_items": "order_id, line_no",
+    "events": "id",
+}
+_FOREIGN_KEYS = [
+    ("orders", "customer_id", "customers"),
+    ("order_items", "order_id", "orders"),
+    ("order_items", "product_id", "products"),
+    ("events", "customer_id", "customers"),
+]
 
 _FIRST = "Ada Alan Grace Edsger Barbara Donald Frances Ken Radia Tim Margaret Dennis".split()
 _LAST = "Lovelace Turing Hopper Dijkstra Liskov Knuth Allen Thompson Perlman Hamilton".split()
@@ -300,6 +333,46 @@ def generate_demo_sqlite(path: str, total_rows: int = 5_000_000, seed: int = 0) 
             os.remove(partial)
     return {
         "path": path,
+        "rows": total_rows,
+        "tables": sizes,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def generate_demo_postgres(url: str, total_rows: int = 5_000_000, seed: int = 0,
+                           schema: str = "public") -> dict:
+    """Load the demo tables (the rows `generate_demo_sqlite` makes) into PostgreSQL.
+
+    ``url`` is a ``postgresql://`` URL of an existing database (no password in it: use
+    PGPASSWORD). Tables of the same names in ``schema`` are replaced. Returns ``{"url",
+    "rows", "tables": {name: rows}, "seconds"}``.
+    """
+    import adbc_driver_postgresql.dbapi as postgresql_dbapi
+
+    if total_rows < len(_DDL) * 2:
+        raise ValueError(f"total_rows must be at least {len(_DDL) * 2}")
+    started = time.perf_counter()
+    sizes = _table_sizes(total_rows)
+    quoted = '"' + schema.replace('"', '""') + '"'
+    with postgresql_dbapi.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+        for name in reversed(DEMO_TABLES):
+            cur.execute(f"DROP TABLE IF EXISTS {quoted}.{name} CASCADE")
+        for name in DEMO_TABLES:
+            cur.execute(f"CREATE TABLE {quoted}.{name} ({_PG_COLUMNS[name]})")
+            for chunk in _chunks(name, sizes[name], seed, sizes):
+                cur.adbc_ingest(name, chunk, mode="append", db_schema_name=schema)
+            cur.execute(f"ALTER TABLE {quoted}.{name} ADD PRIMARY KEY ({_PRIMARY_KEYS[name]})")
+            cur.execute(f"CREATE INDEX {name}_updated_at ON {quoted}.{name} (updated_at)")
+        for table, column, parent in _FOREIGN_KEYS:
+            cur.execute(
+                f"ALTER TABLE {quoted}.{table} ADD CONSTRAINT {table}_{column}_fkey"
+                f" FOREIGN KEY ({column}) REFERENCES {quoted}.{parent} (id)"
+            )
+        for name in DEMO_TABLES:
+            cur.execute(f"VACUUM (ANALYZE) {quoted}.{name}")
+    return {
+        "url": url,
         "rows": total_rows,
         "tables": sizes,
         "seconds": round(time.perf_counter() - started, 3),

@@ -417,13 +417,17 @@ class SqlConnector(App):
         def work() -> PlanOutput:
             conn = source.connect(input.source_url)
             try:
-                described = source.describe_tables(conn, input.tables)
-                planned = [_plan_table(conn, info, input) for info in described]
+                planned = source.plan_tables(
+                    conn, input.tables, input.target_rows,
+                    watermark_column=input.watermark_column, since=input.since,
+                )
             finally:
                 conn.close()
             return PlanOutput(
-                tables=[table for table, _ in planned],
-                partitions=[p for _, parts in planned for p in parts],
+                tables=[_table_plan(table) for table in planned],
+                partitions=[
+                    Partition.model_validate(p) for table in planned for p in table["partitions"]
+                ],
             )
 
         return await asyncio.to_thread(work)
@@ -468,24 +472,17 @@ class SqlConnector(App):
         return DataManifestOutput(path=path, manifest=ref, tables=summaries)
 
 
-def _plan_table(conn, info: dict, input: PlanInput) -> tuple[TablePlan, list[Partition]]:
-    name = f"{info['schema']}.{info['table']}"
-    column = input.watermark_column
-    incremental = bool(column) and column in {c["name"] for c in info["columns"]}
-    since = input.since.get(name) if incremental else None
-    planned = source.plan_partitions(
-        conn, name, input.target_rows, watermark_column=column if incremental else None,
-        since=since,
-    )
-    table = TablePlan(
-        table=name,
+def _table_plan(planned: dict) -> TablePlan:
+    since = planned["since"]
+    incremental = planned["incremental"]
+    return TablePlan(
+        table=planned["table"],
         incremental=incremental,
-        columns=[(c["name"], c["arrow_type"] or "null") for c in info["columns"]],
-        primary_key=info["primary_key"],
+        columns=[(c["name"], c["arrow_type"] or "null") for c in planned["columns"]],
+        primary_key=planned["primary_key"],
         since=since,
-        next_since=source.next_watermark(planned, since) if incremental else None,
+        next_since=source.next_watermark(planned["partitions"], since) if incremental else None,
     )
-    return table, [Partition.model_validate(p) for p in planned]
 
 
 def _selection(input: _Selection) -> dict:

@@ -10,6 +10,14 @@
 
 This is the only place the runtime imports `connectors` (DESIGN.md "Layout"). Progress goes
 to stderr; the summary to stdout.
+
+Start-up (issue 17; what each step bought is in benchmarks/PROFILE.md, "Start-up"): Ray is
+started while a thread imports the connector (pyarrow, ADBC); the two runs go concurrently
+(the metadata run is a handful of small tasks that would otherwise wait for Ray's first
+workers on their own, then hold up the data run); the summary is printed before a Ray the
+demo started is shut down, explicitly (Ray's exit hook first sleeps 0.5 s "so log messages
+finish printing"). Rejected: keeping a local Ray running between demos to skip its start
+(2.2 s of the demo): a command that leaves a cluster behind surprises more than it saves.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import asyncio
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,13 +67,19 @@ def _source(rows: int, cache_dir: str) -> tuple[str, bool, float]:
     return path, True, float(info["seconds"])
 
 
-def _prepare_output(output: str) -> None:
-    """Clear what an earlier demo wrote in ``output`` (only if a demo made the folder)."""
+def _check_output(output: str) -> None:
+    """Refuse a folder with files the demo did not make (before anything starts)."""
     if os.path.isdir(output) and os.listdir(output):
         if not os.path.exists(os.path.join(output, MARKER)):
             raise SystemExit(
                 f"error: {output} exists and was not made by the demo; choose --output"
             )
+
+
+def _prepare_output(output: str) -> None:
+    """Clear what an earlier demo wrote in ``output`` (only if a demo made the folder)."""
+    _check_output(output)
+    if os.path.isdir(output) and os.listdir(output):
         for name in ("data", "manifests", "metadata"):
             shutil.rmtree(os.path.join(output, name), ignore_errors=True)
     os.makedirs(output, exist_ok=True)
@@ -72,18 +87,65 @@ def _prepare_output(output: str) -> None:
         fh.write("made by `connector-runtime demo`; it clears data/ manifests/ metadata/\n")
 
 
-async def _run(app_cls: type, payload: dict[str, Any], run_id: str, store: str,
-               entrypoint: str) -> Any:
-    from ..driver import run_app_async
-    from ._progress import ProgressDisplay
+CONNECTOR = "connectors.sql.app"
 
-    with ProgressDisplay(entrypoint) as progress:
-        return await run_app_async(app_cls, payload, run_id=run_id, store=store,
-                                   entrypoint=entrypoint, on_progress=progress.update)
+
+class _Progress:
+    """One progress line for both runs: their counters added up."""
+
+    def __init__(self, display: Any) -> None:
+        self.display = display
+        self.runs: dict[str, dict[str, Any]] = {}
+
+    def for_run(self, name: str) -> Any:
+        def update(counters: dict[str, Any]) -> None:
+            self.runs[name] = counters
+            keys = {k for c in self.runs.values() for k, v in c.items() if isinstance(v, int)}
+            self.display.update({k: sum(int(c.get(k, 0)) for c in self.runs.values())
+                                 for k in keys})
+        return update
+
+
+def _import_quietly(module: str) -> None:
+    try:
+        __import__(module)
+    except Exception:  # imported again (and reported) where it is used
+        pass
+
+
+def _start_ray() -> bool:
+    """Connect to (or start) Ray while a thread imports the connector; True if we started it."""
+    import ray
+
+    from .._ray import ensure_ray
+
+    importer = threading.Thread(target=_import_quietly, args=(CONNECTOR,), name="demo-imports",
+                                daemon=True)
+    importer.start()
+    started = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    ensure_ray()
+    importer.join()
+    return started
 
 
 def run_demo(rows: int = DEFAULT_ROWS, output: str = "demo-output", store: str | None = None,
              target_rows: int | None = None, max_parallel: int = 0) -> DemoResult:
+    started_ray = _start_ray()
+    try:
+        return _run_demo(rows, output, store, target_rows, max_parallel)
+    finally:
+        _stop_ray(started_ray)
+
+
+def _stop_ray(started: bool) -> None:
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
+def _run_demo(rows: int, output: str, store: str | None, target_rows: int | None,
+              max_parallel: int) -> DemoResult:
     from connectors.sql.app import SqlConnector
     from storage import DEFAULT_STORE_DIR
 
@@ -97,16 +159,26 @@ def run_demo(rows: int = DEFAULT_ROWS, output: str = "demo-output", store: str |
     data_input = {**common, "target_rows": target_rows or max(10_000, rows // 20),
                   "max_parallel": max_parallel}
 
-    async def both() -> tuple[Any, float, Any, float]:
-        t0 = time.perf_counter()
-        meta = await _run(SqlConnector, common, f"demo-metadata-{stamp}", store,
-                          "extract_metadata")
-        t1 = time.perf_counter()
-        data = await _run(SqlConnector, data_input, f"demo-data-{stamp}", store,
-                          "extract_data")
-        return meta, t1 - t0, data, time.perf_counter() - t1
+    async def both() -> tuple[tuple[Any, float], tuple[Any, float]]:
+        from ..driver import run_app_async
+        from ._progress import ProgressDisplay
 
-    meta, meta_s, data, data_s = asyncio.run(both())
+        async def timed(payload: dict[str, Any], run_id: str, entrypoint: str,
+                        progress: _Progress) -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            out = await run_app_async(SqlConnector, payload, run_id=run_id, store=store,
+                                      entrypoint=entrypoint,
+                                      on_progress=progress.for_run(entrypoint))
+            return out, time.perf_counter() - t0
+
+        with ProgressDisplay("demo") as display:
+            progress = _Progress(display)
+            return await asyncio.gather(
+                timed(common, f"demo-metadata-{stamp}", "extract_metadata", progress),
+                timed(data_input, f"demo-data-{stamp}", "extract_data", progress),
+            )
+
+    (meta, meta_s), (data, data_s) = asyncio.run(both())
     return DemoResult(
         source=source, generated=generated, generate_seconds=gen_seconds,
         metadata_seconds=meta_s, extract_seconds=data_s, tables=data.table_count,
@@ -134,20 +206,40 @@ def summary(r: DemoResult) -> str:
     return "\n".join(lines)
 
 
+_IMPORTED_AT = time.time()
+
+
+def _since_start() -> float:
+    """Seconds since this process started (interpreter start and imports included); Linux
+    tells it in /proc, elsewhere it is counted from when this module was imported."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime"))
+        return time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time() - _IMPORTED_AT
+
+
 def demo_main(rows: int, output: str, store: str | None, target_rows: int | None,
               max_parallel: int) -> int:
     from application_sdk.errors import RunFailedError
 
-    started = time.perf_counter()
+    _check_output(os.path.abspath(output))
+    started_ray = False
     try:
-        result = run_demo(rows, output, store, target_rows, max_parallel)
+        started_ray = _start_ray()
+        result = _run_demo(rows, output, store, target_rows, max_parallel)
+        print(summary(result))
+        print(f"  total     {_since_start():.1f} s since the command started")
+        sys.stdout.flush()
     except KeyboardInterrupt:
         print("demo interrupted", file=sys.stderr)
         return 130
     except RunFailedError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
-    print(summary(result))
-    print(f"  total     {time.perf_counter() - started:.1f} s wall time")
-    sys.stdout.flush()
+    finally:
+        _stop_ray(started_ray)
     return 0

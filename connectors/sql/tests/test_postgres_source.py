@@ -8,6 +8,8 @@ plus explicit primary and foreign keys and ANALYZE.
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -148,13 +150,11 @@ def test_partitions_cover_every_row_exactly_once(pg, demo, tmp_path):
         partitions, results = extract_all(conn, url, table, tmp_path, target_rows=2_500)
         expected = demo["tables"][table]
         assert len(partitions) == -(-expected // 2_500)
-        strategy = {p["strategy"] for p in partitions}
-        if table == "order_items":  # composite key: LIMIT/OFFSET ordered by the key
-            assert strategy == {"offset"}
-            assert partitions[0]["order_by"] == PRIMARY_KEYS[table]
-        else:
-            assert strategy == {"key_range"}
-            assert_ranges_tile(partitions)
+        # order_items' key is (order_id, line_no): ranges over its leading integer column,
+        # where each order's items all fall in one partition (no LIMIT/OFFSET scans).
+        assert {p["strategy"] for p in partitions} == {"key_range"}
+        assert {p["column"] for p in partitions} == {PRIMARY_KEYS[table][0]}
+        assert_ranges_tile(partitions)
         assert assert_exactly_once(conn, table, results) == expected
 
 
@@ -271,3 +271,41 @@ def test_postgres_types_round_trip(postgres_db, tmp_path):
         "abc",
         "MonthDayNano(months=0, days=2, nanoseconds=0)",
     )
+
+
+def _other_backends(conn) -> list[int]:
+    return [pid for (pid,) in _catalog(
+        conn,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    )]
+
+
+def test_partitions_of_one_process_share_a_connection_that_survives_a_restart(
+    pg, demo, tmp_path, monkeypatch
+):
+    """One kept connection per process, checked before reuse, closed when idle."""
+    from connectors.sql import _sql
+
+    url, conn = pg
+    partitions = plan_partitions(conn, "orders", target_rows=1_000)
+    assert len(partitions) == 4
+    out = [str(tmp_path / f"o{p['index']}.parquet") for p in partitions]
+    results = [extract_partition(url, "orders", p, o) for p, o in zip(partitions, out[:2],
+                                                                      strict=False)]
+    kept = _other_backends(conn)
+    assert len(kept) == 1  # two partitions, one connection, still open for the next one
+    # The server drops it (restart, idle timeout on its side): the next partition reconnects.
+    _catalog(conn, f"SELECT pg_terminate_backend({kept[0]})")
+    results += [extract_partition(url, "orders", p, o)
+                for p, o in zip(partitions[2:], out[2:], strict=True)]
+    now = _other_backends(conn)
+    assert len(now) == 1 and now != kept
+    assert assert_exactly_once(conn, "orders", results) == demo["tables"]["orders"]
+    # Unused for _IDLE_SECONDS: closed by the reaper thread.
+    monkeypatch.setattr(_sql, "_IDLE_SECONDS", 0.2)
+    extract_partition(url, "orders", partitions[0], out[0])  # starts a reaper at the new pace
+    deadline = time.monotonic() + 10
+    while _other_backends(conn) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _other_backends(conn) == []

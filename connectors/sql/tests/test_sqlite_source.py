@@ -23,6 +23,7 @@ from connectors.sql import (
     metadata_table,
     next_watermark,
     plan_partitions,
+    plan_tables,
     read_partition_checksum,
     redact_url,
     table_checksum,
@@ -162,6 +163,33 @@ def test_partitions_cover_every_row_exactly_once(conn, demo, tmp_path, table):
     assert schema["updated_at"] == "int64"
 
 
+def test_plan_tables_plans_a_batch_like_each_table_alone(conn, tmp_path):
+    """One description for the batch; the same partitions as `plan_partitions` per table, the
+    watermark applied to the tables that have the column, each from its own ``since``."""
+    db = sqlite3.connect(tmp_path / "mixed.db")
+    db.executescript(
+        "CREATE TABLE a (id INTEGER PRIMARY KEY, wm INTEGER, v TEXT);"
+        "CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT);"
+    )
+    db.executemany("INSERT INTO a VALUES (?, ?, ?)", [(i, i * 10, f"a{i}") for i in range(1, 301)])
+    db.executemany("INSERT INTO b VALUES (?, ?)", [(i, f"b{i}") for i in range(1, 201)])
+    db.commit()
+    with connect(f"sqlite:///{tmp_path / 'mixed.db'}") as mixed:
+        planned = plan_tables(mixed, ["main.a", "main.b"], target_rows=50,
+                              watermark_column="wm", since={"main.a": 1000})
+        by_name = {p["table"]: p for p in planned}
+        assert by_name["main.a"]["incremental"] and not by_name["main.b"]["incremental"]
+        assert by_name["main.a"]["partitions"] == plan_partitions(
+            mixed, "main.a", 50, watermark_column="wm", since=1000)
+        assert sum(p["estimated_rows"] for p in by_name["main.a"]["partitions"]) == 200
+        assert by_name["main.b"]["partitions"] == plan_partitions(mixed, "main.b", 50)
+        assert [c["name"] for c in by_name["main.b"]["columns"]] == ["id", "v"]
+    everything = [f"main.{t}" for t in DEMO_TABLES]
+    for table in plan_tables(conn, everything, target_rows=1_500):
+        assert table["partitions"] == plan_partitions(conn, table["table"], 1_500)
+        assert table["primary_key"] == describe_tables(conn, [table["table"]])[0]["primary_key"]
+
+
 def test_partition_plan_is_json_and_single_partition_when_small(conn):
     partitions = plan_partitions(conn, "products", target_rows=10**9)
     assert json.loads(json.dumps(partitions)) == partitions
@@ -247,6 +275,23 @@ def test_fallbacks_without_integer_key(tmp_path):
             assert assert_exactly_once(conn, table, results) == rows
         assert plan_partitions(conn, "kv")[0]["strategy"] == "all"
         assert plan_partitions(conn, "kv", target_rows=4000)[0]["order_by"] == ["k"]
+
+
+def test_composite_key_led_by_an_integer_is_split_by_ranges(tmp_path):
+    """WITHOUT ROWID, key (a INTEGER, b TEXT): key ranges over ``a``, many rows per value."""
+    path = tmp_path / "pair.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE pair (a INTEGER, b TEXT, v REAL, PRIMARY KEY (a, b)) WITHOUT ROWID")
+    db.executemany("INSERT INTO pair VALUES (?, ?, ?)",
+                   [(i // 3, f"b{i % 3}", i / 7) for i in range(3000)])
+    db.commit()
+    url = f"sqlite:///{path}"
+    with connect(url) as conn:
+        partitions, results = extract_all(conn, url, "pair", tmp_path, target_rows=400)
+        assert {(p["strategy"], p["column"]) for p in partitions} == {("key_range", "a")}
+        assert len(partitions) == 8
+        assert_ranges_tile(partitions)
+        assert assert_exactly_once(conn, "pair", results) == 3000
 
 
 def test_leading_nulls_odd_names_and_numeric_affinity(tmp_path):
