@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from application_sdk.errors import AppError
 
-__all__ = ["CorruptRecordError", "LeaseHeldError", "LeaseLostError", "StoreError"]
+__all__ = ["CorruptRecordError", "InvalidNameError", "InvalidRecordError", "LeaseHeldError",
+           "LeaseLostError", "RecordKeyError", "RecordTooLargeError", "StoreError",
+           "UnauthenticatedRecordError", "printable"]
 
 
 class StoreError(AppError):
@@ -30,3 +32,37 @@ class LeaseHeldError(StoreError):
 
 class LeaseLostError(StoreError):
     """This driver's lease on a run was taken over; it must stop writing."""
+
+
+class InvalidRecordError(CorruptRecordError):
+    """A record's checksum holds but its contents do not fit its schema (wrong types, too
+    large, too deeply nested, stored under another run's name). Treated like a corrupt one:
+    reported by key, never acted on."""
+
+
+class RecordTooLargeError(InvalidRecordError):
+    """A record over its size limit (refused before decoding), or with more maps and arrays
+    than its size allows."""
+
+
+class UnauthenticatedRecordError(CorruptRecordError):
+    """With a record key set, a record without a valid MAC under that key: written without
+    the key, with another key, moved from another place in the store, or forged."""
+
+
+class InvalidNameError(StoreError):
+    """An app name or run id that cannot name a folder of the store (CLI exit code 2)."""
+
+
+class RecordKeyError(StoreError):
+    """The record key configured in the environment cannot be used (CLI exit code 2)."""
+
+
+def printable(text: object) -> str:
+    """`text` safe to print on a terminal: characters that are not printable (newlines,
+    escape sequences, bidirectional overrides) are shown as Python escapes (`\\n`, `\\x1b`,
+    `\\u202e`). Names and messages read from the store go through this before they are shown."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -746,31 +746,76 @@ def _s3_filesystem(opts: dict[str, Any]) -> Any:
 
 
 def _shown(url: str) -> str:
-    """`url` without any user-info (whatever its shape) for messages."""
-    scheme, sep, rest = url.rpartition("://")
-    if "@" in rest.split("/", 1)[0]:
-        rest = rest.split("@")[-1]
-    return f"{scheme}{sep}{rest}"
+    """`url` for messages, without any user-info whatever its shape: in every part of a chain
+    (`a::b`), everything up to the last `@` is masked - from the `://` on, only in the host
+    part of a file URL, not at all in a local path. A secret may hold `@`, `:` or `/`, so no
+    part of it is ever kept."""
+    return "::".join(_masked(part, _userinfo_region(part)) for part in url.split("::"))
+
+
+def _userinfo_region(part: str) -> tuple[int, int]:
+    """Where in one part of a URL user-info could be: (start, end) offsets."""
+    scheme, sep, rest = part.partition("://")
+    if not sep:
+        if part.startswith(("/", ".", "~")):
+            return 0, 0  # a local path: no user-info, '@' is a character of a name
+        return 0, len(part)
+    start = len(scheme) + len(sep)
+    if scheme.lower() == "file":
+        return start, start + len(rest.partition("/")[0])
+    return start, len(part)
+
+
+def _masked(part: str, region: tuple[int, int]) -> str:
+    start, end = region
+    at = part.rfind("@", start, end)
+    return part if at < 0 else f"{part[:start]}***{part[at:]}"
+
+
+def _userinfo(url: str) -> bool:
+    """True when `url` may carry user-info. Outside a local path (or a file URL's path), any
+    `@` counts: a secret with a `/` in it (AWS secret keys have them) moves the `@` out of
+    what URL parsers call the host, so `s3://KEY:se/cret@bucket` has no user-info for
+    `urlsplit`, and it would have opened a bucket named after the key."""
+    for part in url.split("::"):
+        start, end = _userinfo_region(part)
+        if "@" in part[start:end]:
+            return True
+    return False
+
+
+def _scrubbed(text: str, options: dict[str, Any]) -> str:
+    """`text` without the AWS secrets of the environment or any option value of the store."""
+    text = _scrub(text)
+    values = [v for v in options.values() if isinstance(v, str) and len(v) >= 4]
+    values += [v for v in (options.get("client_kwargs") or {}).values()
+               if isinstance(v, str) and len(v) >= 4]
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
 
 
 def open_store(url: str | None = None, options: dict[str, Any] | None = None) -> Store:
     """Open the store at `url` (default: `.connector-runtime` under the working directory).
 
     `options` are fsspec storage options (endpoint, region, profile, ...); secrets belong in the
-    environment or the AWS configuration, never in the URL.
+    environment or the AWS configuration, never in the URL. No message shows any part of a
+    URL's user-info (`_shown`).
     """
     if url is None:
         url = os.environ.get("CONNECTOR_RUNTIME_STORE") or os.path.join(
             os.getcwd(), DEFAULT_STORE_DIR
         )
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        clean = url.split("://", 1)[0] + "://" + url.split("@", 1)[1]
+    if _userinfo(url):
         raise StoreError(
-            f"store URL {clean} carries credentials: remove them from the URL and set them in "
-            "the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or pass "
-            "--store-option"
+            f"store URL {_shown(url)} carries credentials (an '@' before the bucket or host, "
+            "or in a bucket path): remove them from the URL and set them in the environment "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or pass --store-option"
         )
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise StoreError(f"store URL {_shown(url)} is not a URL or folder: {exc}") from None
     protocol = parts.scheme or "file"
     if protocol in ("s3a", "s3n"):
         protocol = "s3"
@@ -796,7 +841,8 @@ def open_store(url: str | None = None, options: dict[str, Any] | None = None) ->
     try:
         fs = _s3_filesystem(opts) if protocol == "s3" else fsspec.filesystem(protocol, **opts)
     except (ImportError, ValueError, TypeError) as exc:
-        raise StoreError(f"cannot open store {url}: {exc}") from exc
+        raise StoreError(f"cannot open store {_shown(url)}: "
+                         f"{_scrubbed(str(exc), opts)}") from exc
     if protocol == "file":
         os.makedirs(root, exist_ok=True)
     return cls(url, fs, root, user_options)
