@@ -383,7 +383,9 @@ def list_runs(store: Store, app: str | None = None,
               problems: list[RecordProblem] | None = None) -> list[RunRecord]:
     """Every run record of the store (of `app`), oldest first. A record that cannot be trusted
     (corrupt, unauthenticated, not fitting its schema, over its size limit, in a folder no run
-    can have) is left out, logged as a warning and added to `problems` by key."""
+    can have) is left out and added to `problems` by key, or logged as a warning when the
+    caller gave no `problems` list to report them from."""
+    log_them = problems is None
     problems = [] if problems is None else problems
     apps = [check_name("app name", app)] if app else store.list_dirs("runs")
     where: dict[str, tuple[str, str]] = {}
@@ -391,24 +393,25 @@ def list_runs(store: Store, app: str | None = None,
         try:
             check_name("app name", name)
         except InvalidNameError as exc:
-            _problem(problems, f"runs/{name}/", str(exc))
+            _problem(problems, f"runs/{name}/", str(exc), log_them)
             continue
         for rid in store.list_dirs(f"runs/{name}"):
             key = f"runs/{name}/{rid}/run.msgpack"
             try:
                 where[key] = (name, check_name("run id", rid))
             except InvalidNameError as exc:
-                _problem(problems, f"runs/{name}/{rid}/", str(exc))
+                _problem(problems, f"runs/{name}/{rid}/", str(exc), log_them)
     out = []
     for key, data in store.read_many(list(where)).items():
         try:
             out.append(run_record(data, key, *where[key]))
         except CorruptRecordError as exc:
-            _problem(problems, key, str(exc).removeprefix(printable(key) + ": "))
+            _problem(problems, key, str(exc).removeprefix(printable(key) + ": "), log_them)
     return sorted(out, key=lambda r: r.created_at)
 
 
-def _problem(problems: list[RecordProblem], key: str, reason: str) -> None:
+def _problem(problems: list[RecordProblem], key: str, reason: str, log_it: bool) -> None:
     problem = RecordProblem(key, reason)
-    log.warning("skipped %s", problem)
+    if log_it:
+        log.warning("skipped %s", problem)
     problems.append(problem)

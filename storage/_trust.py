@@ -28,7 +28,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from ._errors import RecordKeyError, StoreError
+from ._errors import RecordKeyError
 
 __all__ = ["KEY_FILE_VAR", "KEY_VAR", "RecordKey", "operator_file", "record_key"]
 
@@ -107,21 +107,11 @@ def _checked(secret: bytes, where: str) -> bytes:
     return secret
 
 
-def operator_file(path: str, what: str, name: str, secret: bool = False,
-                  error: type[StoreError] = RecordKeyError) -> bytes:
+def operator_file(path: str, what: str, name: str, secret: bool = False) -> bytes:
     """The contents of `path`, a file the operator vouches for (`name`: the flag or variable
-    that named it, for messages). `error` (RecordKeyError) unless it is a regular file owned by this
-    user or root that group and others cannot write (nor others read, for a `secret`), and
-    every folder above it and link on the way to it is safe from other users too."""
-    try:
-        return _read_operator_file(path, what, name, secret)
-    except RecordKeyError as exc:
-        if error is RecordKeyError:
-            raise
-        raise error(str(exc)) from None
-
-
-def _read_operator_file(path: str, what: str, name: str, secret: bool) -> bytes:
+    that named it, for messages). RecordKeyError (a StoreError) unless it is a regular file
+    owned by this user or root that group and others cannot write (nor others read, for a
+    `secret`), and every folder above it and link on the way to it is safe from other users."""
     me = os.geteuid()
     fix = (f"make it yours with mode {'0600' if secret else '0644'} (chmod go-w"
            f"{',o-r' if secret else ''}) in a folder only you can change")

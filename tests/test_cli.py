@@ -130,7 +130,7 @@ def test_resume_all_resumes_unfinished_runs_whose_driver_is_gone(cli, tmp_path, 
     held = Lease(RunStore(open_store(file_store), "CountingApp", "b"), ttl=120)
     held.acquire()  # "b" has a live driver: resume --all leaves it alone
     flag.unlink()
-    res = cli("resume", "--all", "--store", file_store)
+    res = cli("resume", "--all", "--app", APP, "--store", file_store)
     assert res.code == 0, res.stderr
     store = open_store(file_store)
     assert RunStore(store, "CountingApp", "a").read_run().status is RunStatus.COMPLETED
