@@ -67,7 +67,7 @@ def run_record_limit() -> int:
     except ValueError:
         value = -1
     if value < _MIN_RUN_RECORD:
-        raise StoreError(f"{LIMIT_VAR}={printable(text)!r}: expected a number of bytes, at "
+        raise StoreError(f"{LIMIT_VAR}={text!r}: expected a number of bytes, at "
                          f"least {_MIN_RUN_RECORD} (default {_DEFAULT_RUN_RECORD})")
     return value
 

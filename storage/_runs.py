@@ -350,7 +350,7 @@ def run_record(data: bytes, key: str, app: str, run_id: str) -> RunRecord:
         record = RunRecord.model_validate(body)
     except ValidationError as exc:
         problems = "; ".join(
-            f"field {'.'.join(printable(p) for p in e['loc']) or '(root)'!r}: {e['msg']}"
+            f"field {'.'.join(str(p) for p in e['loc']) or '(root)'!r}: {printable(e['msg'])}"
             for e in exc.errors()[:3])
         raise InvalidRecordError(f"{printable(key)}: not a valid run record: {problems}") \
             from None

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from application_sdk.app import App
-from storage import RunRecord, StoreError, operator_file, printable
+from storage import RunRecord, StoreError, operator_file
 
 from .._errors import UsageError
 
@@ -60,7 +60,7 @@ class AllowedApps:
             return exact[0], ""
         targets = ", ".join(target for target, _ in entries)
         return None, (f"several apps named {record.app} may run ({targets}) and its recorded "
-                      f"app_path {printable(record.app_path)!r} picks none of them: name one")
+                      f"app_path {record.app_path!r} picks none of them: name one")
 
 
 def allowed_apps(targets: list[str], apps_file: str | None,
@@ -100,7 +100,7 @@ def _read_apps_file(path: str) -> list[tuple[str, str]]:
         if not entry:
             continue
         if entry.count(":") != 1 or any(c.isspace() for c in entry):
-            raise UsageError(f"apps file {path!r} line {number}: {printable(entry)!r} is not "
+            raise UsageError(f"apps file {path!r} line {number}: {entry!r} is not "
                              "module:Class (one app a line, # for comments)")
         out.append((entry, f"{path}:{number}"))
     return out

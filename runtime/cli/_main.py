@@ -231,7 +231,7 @@ def _allowed(args: argparse.Namespace, record: Any = None) -> Any:
         raise CliError(str(exc)) from exc
     if allowed is None:
         hint = "" if record is None else (
-            f" (its record says {printable(record.app_path)!r}: check that it is the app you "
+            f" (its record says {record.app_path!r}: check that it is the app you "
             "mean before naming it)")
         raise CliError(
             "resume runs only apps you name: add --app MODULE:CLASS (repeatable)" + hint +
