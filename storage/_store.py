@@ -746,30 +746,29 @@ def _s3_filesystem(opts: dict[str, Any]) -> Any:
 
 
 def _shown(url: str) -> str:
-    """`url` for messages, without any user-info whatever its shape: in every part of a chain
-    (`a::b`), everything up to the last `@` is masked - from the `://` on, only in the host
-    part of a file URL, not at all in a local path. A secret may hold `@`, `:` or `/`, so no
-    part of it is ever kept."""
-    return "::".join(_masked(part, _userinfo_region(part)) for part in url.split("::"))
+    """`url` for messages, without any user-info whatever its shape: everything from its first
+    `://` (or its start) up to its last `@` is masked, unless the only `@`s are in a local path
+    (`/data/x@y`, `file:///data/x@y`). A secret may hold `@`, `:`, `/` or `::`, so no part of
+    it is ever kept, whatever a URL parser would make of it."""
+    if not _userinfo(url):
+        return url
+    at = url.rfind("@")
+    start = url.find("://")
+    start = start + 3 if 0 <= start < at else 0
+    return f"{url[:start]}***{url[at:]}"
 
 
 def _userinfo_region(part: str) -> tuple[int, int]:
-    """Where in one part of a URL user-info could be: (start, end) offsets."""
+    """Where in one part (of a `::` chain) of a URL user-info could be: (start, end)."""
     scheme, sep, rest = part.partition("://")
     if not sep:
         if part.startswith(("/", ".", "~")):
             return 0, 0  # a local path: no user-info, '@' is a character of a name
         return 0, len(part)
     start = len(scheme) + len(sep)
-    if scheme.lower() == "file":
-        return start, start + len(rest.partition("/")[0])
+    if scheme.lower() == "file" and rest.startswith("/"):
+        return start, start  # file:///path: no host, so no user-info
     return start, len(part)
-
-
-def _masked(part: str, region: tuple[int, int]) -> str:
-    start, end = region
-    at = part.rfind("@", start, end)
-    return part if at < 0 else f"{part[:start]}***{part[at:]}"
 
 
 def _userinfo(url: str) -> bool:
