@@ -523,3 +523,47 @@ def test_a_record_over_the_limit_is_refused_before_decoding(monkeypatch):
         decode(b"CRT1" + b"\0" * 70_000, "lease", limit=64 * 1024)
     with pytest.raises(InvalidRecordError):
         decode(b"CRT1" + b"\0" * 70_000, "lease", limit=64 * 1024)
+
+
+# ---- 5. the service ---------------------------------------------------------------------------
+
+def test_the_service_resumes_orphans_of_its_own_app_only_and_skips_what_it_cannot_run(
+        ray_session, tmp_path, evil):
+    """`serve --resume-orphans` launches drivers of the app it serves, whatever a record's
+    app_path says; a record of another app is left alone, and one its app cannot run (an
+    unknown entry point) is skipped without ending the pass."""
+    from tests.apps.serviceapp.service_app import SquaresInput
+    from tests.test_service import end_leftovers, markers, result, start_service
+
+    store = str(tmp_path / "store")
+    folder = tmp_path / "m"
+
+    def orphan(run_id: str, created: float, **extra) -> bytes:
+        inp = {"marker_dir": str(folder), "n": 2}
+        body = {**run_dict("ServiceApp", run_id, inp, "evil_app:Evil"),
+                "entrypoint": "extract_squares", "created_at": created,
+                "input_digest": input_digest(SquaresInput.model_validate(inp), KEY_SCHEME),
+                **extra}
+        return forged(body)
+
+    plant(store, "ServiceApp", "orphan-bad", orphan("orphan-bad", 1.0, entrypoint="nope"))
+    plant(store, "ServiceApp", "orphan-ok", orphan("orphan-ok", 2.0))
+    plant(store, "Evil", "orphan-evil",
+          forged({**run_dict("Evil", "orphan-evil", {}, "evil_app:Evil"), "created_at": 3.0}))
+    svc = start_service(tmp_path, store=store, args=("--launcher", "process",
+                                                     "--resume-orphans"),
+                        env={"RAY_ADDRESS": ray_session,
+                             "PYTHONPATH": f"{REPO}{os.pathsep}{evil}"})
+    try:
+        res = result(svc.client(), "orphan-ok")
+        assert res.json()["data"] == {"count": 2, "total": 1}, res.text
+        output = svc.output()
+        assert "1 run(s) resumed: orphan-ok" in output, output[-3000:]
+        assert "run orphan-bad: not resumed, its record does not fit ServiceApp" in output
+        assert markers(folder) == {0: 1, 1: 1}
+        assert not (evil / "IMPORTED").exists() and not (evil / "RAN").exists()
+        evil_record = RunStore(open_store(store), "Evil", "orphan-evil").read_run()
+        assert evil_record.status is RunStatus.RUNNING  # another app's run: untouched
+    finally:
+        svc.stop()
+        end_leftovers(svc.marker)
