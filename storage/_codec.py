@@ -15,10 +15,10 @@ another run's place does not verify there. Without a key, CRT2 records are read 
 checksum, as CRT1 ones.
 
 Bounds, checked before a record's contents are built: its size, against the `limit` of its
-kind, before anything is decoded; and the maps and arrays it holds, at most 64 Ki plus one
-per 8 bytes of record (an empty map is 1 byte of msgpack but 64 of Python: a 10 MB record of
-empty maps took `list` to 774 MiB). msgpack's own stack bounds nesting at 1024 levels; the
-schemas (`storage._records`) bound it to 64.
+kind, before anything is decoded; and, in a record over 1 MiB, the maps and arrays it holds,
+at most 64 Ki plus one per 8 bytes of record (an empty map is 1 byte of msgpack but 64 of
+Python: a 10 MB record of empty maps took `list` to 774 MiB). msgpack's own stack bounds
+nesting at 1024 levels; the schemas (`storage._records`) bound it to 64.
 
 Rejected: an `Unpacker` walk that counts objects before building them (the C unpacker has no
 such limit; in Python it costs more than the decode it protects); a MAC without the store key
@@ -52,6 +52,9 @@ _HEADER = len(MAGIC) + _DIGEST
 _HEADER_MAC = _HEADER + _KEY_ID + _MAC
 _CONTAINERS_FREE = 65536
 _BYTES_PER_CONTAINER = 8
+_UNCOUNTED = 2**20
+"""Payloads up to this size are decoded without counting (at most 1 Mi maps, ~70 MiB of
+Python objects): counting costs about a third of the decode, and most records are smaller."""
 
 
 def _digest(payload: bytes | memoryview) -> bytes:
@@ -138,7 +141,7 @@ def _unpack(payload: memoryview, what: str) -> Any:
             raise _Budget
         return value
 
-    if len(payload) <= allowed:  # too small to hold more (each takes a byte): no hooks
+    if len(payload) <= _UNCOUNTED:  # a few MiB of Python objects at worst: not counted
         hooks: dict[str, Any] = {}
     else:
         hooks = {"object_hook": counted, "list_hook": counted}
