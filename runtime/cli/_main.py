@@ -4,6 +4,10 @@ stdout carries only results (the run's Output as JSON, as the last thing printed
 logs go to stderr, so `ray job logs` and shell pipelines both work. Exit codes: 0 success,
 1 run failed or cancelled, 2 bad usage or bad input, 3 run owned by a live driver (at start, or
 taken over by another driver while this one was frozen or cut off), 130 Ctrl-C.
+
+Nothing the store says is imported: `resume` runs only apps the operator names (`--app`,
+`--apps-file`; runtime/cli/_allowed.py), and what is printed from records is escaped
+(`storage.printable`).
 """
 
 from __future__ import annotations
