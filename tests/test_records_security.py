@@ -559,6 +559,8 @@ def test_the_service_resumes_orphans_of_its_own_app_only_and_skips_what_it_canno
     plant(store, "ServiceApp", "orphan-ok", orphan("orphan-ok", 2.0))
     plant(store, "Evil", "orphan-evil",
           forged({**run_dict("Evil", "orphan-evil", {}, "evil_app:Evil"), "created_at": 3.0}))
+    plant(store, "ServiceApp", "typed", forged({**run_dict("ServiceApp", "typed", {}),
+                                                "status": ["RUNNING"], "created_at": 0.5}))
     svc = start_service(tmp_path, store=store, args=("--launcher", "process",
                                                      "--resume-orphans"),
                         env={"RAY_ADDRESS": ray_session,
@@ -570,6 +572,10 @@ def test_the_service_resumes_orphans_of_its_own_app_only_and_skips_what_it_canno
         assert "1 run(s) resumed: orphan-ok" in output, output[-3000:]
         assert "run orphan-bad: not resumed, its record does not fit ServiceApp" in output
         assert markers(folder) == {0: 1, 1: 1}
+        runs = svc.client().get("/workflows/v1/runs").json()  # the run list goes on too
+        assert sorted(r["run_id"] for r in runs["data"]) == ["orphan-bad", "orphan-ok"]
+        assert "skipped runs/ServiceApp/typed/run.msgpack: not a valid run record: field " \
+            "'status'" in svc.output()
         assert not (evil / "IMPORTED").exists() and not (evil / "RAN").exists()
         evil_record = RunStore(open_store(store), "Evil", "orphan-evil").read_run()
         assert evil_record.status is RunStatus.RUNNING  # another app's run: untouched
