@@ -15,7 +15,6 @@ from ._errors import (
     RecordTooLargeError,
     StoreError,
     UnauthenticatedRecordError,
-    printable,
 )
 from ._files import (
     PathRefusedError,
@@ -28,6 +27,7 @@ from ._files import (
     tier_prefix,
 )
 from ._lease import Lease, LeaseInfo
+from ._messages import printable
 from ._records import RecordProblem
 from ._runs import (
     JournalLoad,

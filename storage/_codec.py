@@ -37,8 +37,8 @@ from ._errors import (
     CorruptRecordError,
     RecordTooLargeError,
     UnauthenticatedRecordError,
-    printable,
 )
+from ._messages import printable
 from ._trust import record_key
 
 __all__ = ["decode", "encode"]

@@ -6,7 +6,7 @@ from application_sdk.errors import AppError
 
 __all__ = ["CorruptRecordError", "InvalidNameError", "InvalidRecordError", "LeaseHeldError",
            "LeaseLostError", "RecordKeyError", "RecordTooLargeError", "StoreError",
-           "UnauthenticatedRecordError", "printable"]
+           "UnauthenticatedRecordError"]
 
 
 class StoreError(AppError):
@@ -57,12 +57,3 @@ class InvalidNameError(StoreError):
 class RecordKeyError(StoreError):
     """The record key configured in the environment cannot be used (CLI exit code 2)."""
 
-
-def printable(text: object) -> str:
-    """`text` safe to print on a terminal: characters that are not printable (newlines,
-    escape sequences, bidirectional overrides) are shown as Python escapes (`\\n`, `\\x1b`,
-    `\\u202e`). Names and messages read from the store go through this before they are shown."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -20,9 +20,9 @@ writes what it would refuse to read. Values inside records nest at most 64 level
 makes deeper JSON, and pydantic refuses to serialize past about 255 levels, so a deeper one
 would break `status` later instead of being reported now.
 
-Journal records: the fields each kind's readers use are checked for their types; unknown kinds
-and extra fields pass (a newer runtime may add them, and readers skip what they do not know).
-Checking costs about a tenth of decoding the segment.
+Journal records: the fields each kind's readers index must be there with their types, the
+others they read must have their types when present; unknown kinds and extra fields pass (a
+newer runtime may add them, and readers skip what they do not know).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import InvalidRecordError, StoreError, printable
+from ._errors import InvalidRecordError, StoreError
+from ._messages import printable
 
 __all__ = ["RecordProblem", "check_depth", "check_journal_batch", "lease_limit",
            "run_record_limit", "segment_limit"]
@@ -99,14 +100,15 @@ def check_depth(value: Any, what: str, limit: int = MAX_DEPTH) -> None:
 
 
 _ANY = object()
-_KINDS: dict[str, dict[str, Any]] = {
-    "t": {"k": str, "n": str, "o": bytes, "a": int},
-    "f": {"k": str, "n": str, "a": int, "e": dict, "r": bool},
-    "v": {"k": str, "v": _ANY},
-    "h": {"k": str, "d": _ANY},
-    "o": {"k": str, "p": str, "t": str},
-    "s": {"e": int, "seen": dict},
-    "c": {"covers": list},
+_KINDS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    # kind: (fields readers index, so required; fields that must have a type when present)
+    "t": ({"k": str, "o": bytes}, {"n": str, "a": int, "ts": dict}),
+    "f": ({"k": str, "n": str, "e": dict}, {"a": int, "r": bool, "ts": dict}),
+    "v": ({"k": str, "v": _ANY}, {}),
+    "h": ({"k": str, "d": _ANY}, {}),
+    "o": ({"p": str}, {"k": str, "t": str}),
+    "s": ({"e": int, "seen": dict}, {}),
+    "c": ({"covers": list}, {}),
 }
 _NESTED = ("v", "d", "e", "seen")
 """Fields whose values readers hand on (to a task, to run(), to `status`): nesting bounded.
@@ -132,24 +134,25 @@ def _journal_problem(record: Any, index: int) -> str | None:
     if type(record) is not dict:
         return f"not a map but {type(record).__name__}"
     kind = record.get("y")
-    if kind == "t" and type(record.get("k")) is str and type(record.get("n")) is str \
-            and type(record.get("o")) is bytes and type(record.get("a")) is int \
+    if kind == "t" and type(record.get("k")) is str and type(record.get("o")) is bytes \
+            and type(record.get("n", "")) is str and type(record.get("a", 0)) is int \
             and type(record.get("ts", _EMPTY)) is dict:
         return None  # the common case, checked in one expression (most records are these)
-    fields = _KINDS.get(kind) if isinstance(kind, str) else None
-    if fields is None:
+    schema = _KINDS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
         return None  # no kind, or one of a newer runtime: readers skip it
-    for name, expected in fields.items():
+    required, optional = schema
+    for name in required:
         if name not in record:
             return f"kind {kind!r}: field {name!r} missing"
-        value = record[name]
-        if expected is _ANY:
-            continue
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            return (f"kind {kind!r}: field {name!r} must be {expected.__name__}, not "
-                    f"{type(value).__name__}")
-    if "ts" in record and not isinstance(record["ts"], dict):
-        return f"kind {kind!r}: field 'ts' must be a map"
+    for fields in (required, optional):
+        for name, expected in fields.items():
+            if expected is _ANY or name not in record:
+                continue
+            value = record[name]
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                return (f"kind {kind!r}: field {name!r} must be {expected.__name__}, not "
+                        f"{type(value).__name__}")
     for name in _NESTED:
         value = record.get(name)
         if isinstance(value, (dict, list)):

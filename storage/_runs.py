@@ -48,8 +48,8 @@ from ._errors import (
     InvalidNameError,
     InvalidRecordError,
     RecordTooLargeError,
-    printable,
 )
+from ._messages import printable
 from ._records import (
     SEGMENT_NAME,
     RecordProblem,

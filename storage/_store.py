@@ -59,7 +59,7 @@ from ._localfs import (
     same_file,
     try_link,
 )
-from ._urls import _scrub, _scrubbed, _shown, _userinfo
+from ._messages import _scrub, _scrubbed, _shown, _userinfo
 
 __all__ = [
     "DEFAULT_STORE_DIR",

@@ -1,4 +1,5 @@
-"""Messages without secrets: store URLs shown without user-info, secrets scrubbed from text.
+"""What messages may show: store URLs without user-info, text without secrets, and strings read
+from the store with their control characters escaped (`printable`).
 
 Credentials never go in a store URL (they come from the environment, the AWS configuration or
 `--store-option`): `open_store` refuses a URL that may carry user-info, and every message shows
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["_scrub", "_scrubbed", "_shown", "_userinfo"]
+__all__ = ["_scrub", "_scrubbed", "_shown", "_userinfo", "printable"]
 
 
 def _shown(url: str) -> str:
@@ -74,3 +75,13 @@ def _scrubbed(text: str, options: dict[str, Any]) -> str:
     for value in sorted(values, key=len, reverse=True):
         text = text.replace(value, "***")
     return text
+
+
+def printable(text: object) -> str:
+    """`text` safe to print on a terminal: characters that are not printable (newlines,
+    escape sequences, bidirectional overrides) are shown as Python escapes (`\\n`, `\\x1b`,
+    `\\u202e`). Names and messages read from the store go through this before they are shown."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
