@@ -5,7 +5,17 @@ Knows nothing of Ray; uses only `application_sdk.contracts` from the rest of the
 
 from ._cache import materialize
 from ._codec import decode, encode
-from ._errors import CorruptRecordError, LeaseHeldError, LeaseLostError, StoreError
+from ._errors import (
+    CorruptRecordError,
+    InvalidNameError,
+    InvalidRecordError,
+    LeaseHeldError,
+    LeaseLostError,
+    RecordKeyError,
+    RecordTooLargeError,
+    StoreError,
+    UnauthenticatedRecordError,
+)
 from ._files import (
     PathRefusedError,
     StoredObject,
@@ -17,26 +27,45 @@ from ._files import (
     tier_prefix,
 )
 from ._lease import Lease, LeaseInfo
-from ._runs import JournalLoad, RunRecord, RunStatus, RunStore, find_runs, list_runs
+from ._messages import printable
+from ._records import RecordProblem
+from ._runs import (
+    JournalLoad,
+    RunRecord,
+    RunStatus,
+    RunStore,
+    check_name,
+    find_runs,
+    list_runs,
+)
 from ._store import DEFAULT_STORE_DIR, Store, UnsafeEntryError, open_store, safe_key
+from ._trust import RecordKey, operator_file, record_key
 
 __all__ = [
     "DEFAULT_STORE_DIR",
     "CorruptRecordError",
+    "InvalidNameError",
+    "InvalidRecordError",
     "JournalLoad",
     "Lease",
     "LeaseHeldError",
     "LeaseInfo",
     "LeaseLostError",
     "PathRefusedError",
+    "RecordKey",
+    "RecordKeyError",
+    "RecordProblem",
+    "RecordTooLargeError",
     "RunRecord",
     "RunStatus",
     "RunStore",
     "Store",
     "StoreError",
     "StoredObject",
+    "UnauthenticatedRecordError",
     "UnsafeEntryError",
     "check_inside",
+    "check_name",
     "decode",
     "delete_local",
     "delete_store_prefix",
@@ -46,7 +75,10 @@ __all__ = [
     "list_runs",
     "materialize",
     "open_store",
+    "operator_file",
     "persist",
+    "printable",
+    "record_key",
     "safe_key",
     "tier_prefix",
 ]

@@ -9,6 +9,10 @@ named by epoch, and a driver that finds its epoch superseded when renewing stops
 
 Releasing keeps the record (expiry 0) so epochs only ever grow.
 
+A lease record is validated when read (`LeaseInfo.decode`): exactly its five fields, with their
+types, a finite expiry and a pid and epoch in range. One that does not fit is treated as a
+corrupt one always was: as no lease.
+
 Fencing on the holder's own clock. Another driver may take the run once the stored expiry has
 passed, whether or not this one knows. So this process trusts its lease only until
 `started + ttl - margin` on its monotonic clock, `started` being when the last successful
@@ -28,7 +32,8 @@ import time
 from dataclasses import dataclass
 
 from . import _codec
-from ._errors import CorruptRecordError, LeaseHeldError, LeaseLostError
+from ._errors import CorruptRecordError, InvalidRecordError, LeaseHeldError, LeaseLostError
+from ._records import check_number, lease_limit
 from ._runs import RunStore
 
 __all__ = ["Lease", "LeaseInfo", "pid_alive"]
@@ -61,12 +66,35 @@ class LeaseInfo:
             return False
         return not (self.host == HOST and not pid_alive(self.pid))
 
-    def encode(self) -> bytes:
-        return _codec.encode(self.__dict__)
+    def encode(self, where: str = "") -> bytes:
+        """The lease as a record to be written under store key `where`."""
+        return _codec.encode(self.__dict__, where, limit=lease_limit(), what="lease")
 
     @classmethod
-    def decode(cls, data: bytes) -> LeaseInfo:
-        return cls(**_codec.decode(data, "lease"))
+    def decode(cls, data: bytes, where: str | None = None) -> LeaseInfo:
+        """The lease in `data` (read from `where`); CorruptRecordError, or InvalidRecordError
+        when it does not fit the schema (callers treat both as no lease)."""
+        what = where or "lease"
+        body = _codec.decode(data, what, where=where, limit=lease_limit())
+        if not isinstance(body, dict) or set(body) != set(_FIELDS):
+            raise InvalidRecordError(f"{what}: a lease holds exactly {', '.join(_FIELDS)}")
+        for name, ok in _FIELDS.items():
+            if not ok(body[name]):
+                raise InvalidRecordError(f"{what}: field {name!r} of the lease is not valid")
+        return cls(**body)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
+
+
+_FIELDS = {
+    "owner": lambda v: isinstance(v, str) and len(v) <= 1000,
+    "host": lambda v: isinstance(v, str) and len(v) <= 1000,
+    "pid": _count,
+    "epoch": _count,
+    "expires_at": check_number,
+}
 
 
 class Lease:
@@ -93,12 +121,12 @@ class Lease:
         if data is None:
             return None
         try:
-            return LeaseInfo.decode(data)
+            return LeaseInfo.decode(data, self._key)
         except (CorruptRecordError, TypeError):
             return None
 
     def _record(self, epoch: int, expires_at: float) -> bytes:
-        return LeaseInfo(self.owner, HOST, os.getpid(), epoch, expires_at).encode()
+        return LeaseInfo(self.owner, HOST, os.getpid(), epoch, expires_at).encode(self._key)
 
     def acquire(self) -> int:
         """Take the lease; returns the new epoch. Raises LeaseHeldError if a live driver has it."""
@@ -109,7 +137,7 @@ class Lease:
             if current is not None:
                 data, token = current
                 try:
-                    previous = LeaseInfo.decode(data)
+                    previous = LeaseInfo.decode(data, self._key)
                 except (CorruptRecordError, TypeError):
                     previous = None
             now = time.time()
@@ -140,7 +168,7 @@ class Lease:
         if current is not None:
             data, token = current
             try:
-                info = LeaseInfo.decode(data)
+                info = LeaseInfo.decode(data, self._key)
             except (CorruptRecordError, TypeError):
                 info = None
             if info and info.owner == self.owner and info.epoch == self.epoch:
@@ -185,9 +213,9 @@ class Lease:
             return
         data, token = current
         try:
-            info = LeaseInfo.decode(data)
+            info = LeaseInfo.decode(data, self._key)
         except (CorruptRecordError, TypeError):
             return
         if info.owner == self.owner:
-            released = LeaseInfo("", HOST, 0, info.epoch, 0.0).encode()
+            released = LeaseInfo("", HOST, 0, info.epoch, 0.0).encode(self._key)
             self.runs.store.replace_if(self._key, released, token)

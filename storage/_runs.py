@@ -23,30 +23,58 @@ Epochs are examined newest first: a seal counts only if the segment holding it c
 
 The run record is written conditionally (`replace_run` with the version token of the last
 read or write): a driver that finds another writer's record there has lost the run.
+
+Every record read here is validated into its schema at this boundary (`storage._records`): a
+run record must fit `RunRecord` and name the app and run id of the folder it is stored in; a
+journal segment must be a list of well-typed journal records, under a segment name. One that
+does not is reported by key (`InvalidRecordError`, a `CorruptRecordError`): `list_runs` skips
+it into its `problems`, `load_journal` counts the segment as corrupt, and the others go on.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from . import _codec
-from ._errors import CorruptRecordError, StoreError
+from ._errors import (
+    CorruptRecordError,
+    InvalidNameError,
+    InvalidRecordError,
+    RecordTooLargeError,
+)
+from ._messages import printable
+from ._records import (
+    SEGMENT_NAME,
+    RecordProblem,
+    check_depth,
+    check_journal_batch,
+    check_number,
+    lease_limit,
+    run_record_limit,
+    segment_limit,
+)
 from ._store import Store
 
-__all__ = ["JournalLoad", "RunRecord", "RunStatus", "RunStore", "find_runs", "list_runs"]
+__all__ = ["JournalLoad", "RecordProblem", "RunRecord", "RunStatus", "RunStore", "check_name",
+           "find_runs", "list_runs"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+log = logging.getLogger("connector_runtime.storage")
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}")
 
 
 def check_name(kind: str, value: str) -> str:
-    if not _NAME.match(value):
-        raise StoreError(
+    """`value` if it can name a folder of the store (the whole string: a trailing newline
+    is refused too); InvalidNameError otherwise."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise InvalidNameError(
             f"invalid {kind} {value!r}: use letters, digits, '.', '_' and '-' "
             "(at most 200 characters, not starting with a symbol)"
         )
@@ -114,6 +142,8 @@ class JournalLoad:
     """Segments a compaction replaced that are still there (a crash before their deletion)."""
     fenced: list[str] = field(default_factory=list)
     """Segments a stale driver wrote after a newer one sealed the journal (not counted)."""
+    problems: dict[str, str] = field(default_factory=dict)
+    """Why each segment in `corrupt` was ignored (checksum, MAC, schema, size, name)."""
 
 
 class RunStore:
@@ -131,15 +161,17 @@ class RunStore:
     # -- run record ------------------------------------------------------------------------
 
     def read_run(self) -> RunRecord | None:
+        """The run record, or None; CorruptRecordError (InvalidRecordError, ...) naming the key
+        when it cannot be trusted."""
         data = self.store.read(self.key("run.msgpack"))
         if data is None:
             return None
-        return RunRecord.model_validate(_codec.decode(data, self.key("run.msgpack")))
+        return run_record(data, self.key("run.msgpack"), self.app, self.run_id)
 
     def write_run(self, record: RunRecord) -> None:
         """Write the record unconditionally (tools and tests; drivers use `replace_run`)."""
         record.updated_at = time.time()
-        self.store.write(self.key("run.msgpack"), _codec.encode(record.model_dump(mode="json")))
+        self.store.write(self.key("run.msgpack"), self._encoded(record))
 
     def read_run_versioned(self) -> tuple[RunRecord, Any] | None:
         """The run record and its version token for `replace_run`, or None."""
@@ -147,14 +179,24 @@ class RunStore:
         if got is None:
             return None
         data, token = got
-        return RunRecord.model_validate(_codec.decode(data, self.key("run.msgpack"))), token
+        return run_record(data, self.key("run.msgpack"), self.app, self.run_id), token
 
     def replace_run(self, record: RunRecord, token: Any) -> Any | None:
         """Write the record if it is still at version `token` (None: only if there is none);
         the new token, or None when another writer changed it."""
         record.updated_at = time.time()
-        return self.store.replace_if(self.key("run.msgpack"),
-                                     _codec.encode(record.model_dump(mode="json")), token)
+        return self.store.replace_if(self.key("run.msgpack"), self._encoded(record), token)
+
+    def _encoded(self, record: RunRecord) -> bytes:
+        key = self.key("run.msgpack")
+        try:
+            return _codec.encode(record.model_dump(mode="json"), key,
+                                 limit=run_record_limit(), what=f"run record {key}")
+        except RecordTooLargeError as exc:
+            raise RecordTooLargeError(
+                f"{exc}: the run's input, output or error is too large for its record (raise "
+                f"the limit with CONNECTOR_RUNTIME_MAX_RECORD_BYTES, or pass large data by "
+                "reference: a FileReference)") from None
 
     # -- journal ---------------------------------------------------------------------------
 
@@ -163,24 +205,37 @@ class RunStore:
 
     def write_segment(self, epoch: int, seq: int, records: list[dict[str, Any]]) -> bool:
         """Write one immutable segment; False if that (epoch, seq) already exists."""
-        return self.store.create(self.segment_key(epoch, seq), _codec.encode(records))
+        key = self.segment_key(epoch, seq)
+        return self.store.create(key, _codec.encode(records, key, limit=segment_limit(),
+                                                    what=f"journal segment {key}"))
 
     def load_journal(self) -> JournalLoad:
-        keys = [k for k in self.store.list(self.key("journal")) if k.endswith(".msgpack")]
+        listed = [k for k in self.store.list(self.key("journal")) if k.endswith(".msgpack")]
+        keys, names = [], {}
+        problems: dict[str, str] = {}
+        for key in listed:
+            match = SEGMENT_NAME.fullmatch(key.rsplit("/", 1)[-1])
+            if match is None:  # not a name a driver writes: never read, never counted
+                problems[key] = "not a journal segment name (EPOCH-SEQ.msgpack)"
+                continue
+            keys.append(key)
+            names[key] = (int(match.group(1)), int(match.group(2)))
         blobs = self.store.read_many(keys)
         decoded: list[tuple[int, int, str, list[dict[str, Any]]]] = []
-        corrupt: list[str] = []
         next_seq: dict[int, int] = {}
+        limit = segment_limit()
         for key in keys:  # sorted by (epoch, seq): zero-padded names
-            epoch, seq = (int(x) for x in key.rsplit("/", 1)[-1].split(".")[0].split("-"))
+            epoch, seq = names[key]
             next_seq[epoch] = max(next_seq.get(epoch, 0), seq + 1)
             data = blobs.get(key)
             try:
                 if data is None:
                     raise CorruptRecordError(f"{key}: vanished while loading")
-                decoded.append((epoch, seq, key, _codec.decode(data, key)))
-            except CorruptRecordError:
-                corrupt.append(key)
+                batch = _codec.decode(data, key, where=key, limit=limit)
+                decoded.append((epoch, seq, key, check_journal_batch(batch, key)))
+            except CorruptRecordError as exc:
+                problems[key] = str(exc)
+        corrupt = [key for key in listed if key in problems]
         counted, fenced = _fence(decoded)
         covered: set[str] = set()
         segments: list[tuple[str, list[dict[str, Any]]]] = []
@@ -191,9 +246,10 @@ class RunStore:
             segments.append((key, batch))
         live = [(key, batch) for key, batch in segments if key not in covered]
         records = [record for _, batch in live for record in batch]
-        return JournalLoad(records=records, segments=len(keys), corrupt=corrupt,
+        return JournalLoad(records=records, segments=len(listed), corrupt=corrupt,
                            next_seq=next_seq, keys=[key for key, _ in live],
-                           covered=sorted(covered & set(keys)), fenced=fenced)
+                           covered=sorted(covered & set(keys)), fenced=fenced,
+                           problems=problems)
 
     def seal(self, epoch: int, next_seq: dict[int, int]) -> dict[str, Any]:
         """The seal record a driver that claimed the run at `epoch` writes first."""
@@ -204,19 +260,27 @@ class RunStore:
         """Write `records` (everything `keys` hold) as one segment, then delete `keys`.
 
         The new segment names what it replaces, so a crash between the write and the deletes
-        leaves a journal that still loads each record once. Returns the sequence number used.
+        leaves a journal that still loads each record once. Returns the sequence number used
+        (`seq - 1` when nothing was written: the records would not fit one segment).
         """
         header = {"y": "c", "covers": [k.rsplit("/", 1)[-1] for k in keys]}
-        while not self.write_segment(epoch, seq, [header, *records]):
-            seq += 1
+        try:
+            while not self.write_segment(epoch, seq, [header, *records]):
+                seq += 1
+        except (RecordTooLargeError, ValueError, TypeError, OverflowError) as exc:
+            # too large for one segment, or a record read back that msgpack cannot write
+            # again: the segments stay as they are, still one journal
+            log.warning("run %s: journal not compacted: %s", self.run_id, exc)
+            return seq - 1
         self.store.delete(keys)
         return seq
 
     # -- cancellation ----------------------------------------------------------------------
 
     def request_cancel(self, reason: str) -> None:
-        self.store.write(self.key("cancel.msgpack"),
-                         _codec.encode({"reason": reason, "at": time.time()}))
+        key = self.key("cancel.msgpack")
+        self.store.write(key, _codec.encode({"reason": reason, "at": time.time()}, key,
+                                            limit=lease_limit(), what="cancellation request"))
 
     def cancel_requested(self) -> str | None:
         """The reason of a pending cancellation request, or None."""
@@ -226,14 +290,19 @@ class RunStore:
     def cancel_request(self) -> tuple[str, float] | None:
         """(reason, requested at) of the cancellation request, or None. A request stays in
         the store once honoured; the run record's `cancel_honoured_at` says it was."""
-        data = self.store.read(self.key("cancel.msgpack"))
+        key = self.key("cancel.msgpack")
+        data = self.store.read(key)
         if data is None:
             return None
         try:
-            body = _codec.decode(data)
-            return str(body.get("reason", "cancelled")), float(body.get("at", 0.0))
-        except (CorruptRecordError, AttributeError, TypeError, ValueError):
+            body = _codec.decode(data, key, where=key, limit=lease_limit())
+        except CorruptRecordError as exc:
+            log.warning("%s", exc)
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str) \
+                or not check_number(body.get("at", 0.0)):
             return "cancelled", 1e300  # unreadable: still a request (honoured once)
+        return body.get("reason", "cancelled"), float(body.get("at", 0.0))
 
     def clear_cancel(self) -> None:
         self.store.delete([self.key("cancel.msgpack")])
@@ -270,26 +339,79 @@ def _fence(decoded: list[tuple[int, int, str, list[dict[str, Any]]]],
     return counted, sorted(fenced)
 
 
+def run_record(data: bytes, key: str, app: str, run_id: str) -> RunRecord:
+    """The run record in `data`, read from `key` (the folder of `app`'s run `run_id`), once it
+    fits the schema; InvalidRecordError (or another CorruptRecordError) naming the key."""
+    body = _codec.decode(data, key, where=key, limit=run_record_limit())
+    if not isinstance(body, dict):
+        raise InvalidRecordError(f"{printable(key)}: a run record is a map, not "
+                                 f"{type(body).__name__}")
+    try:
+        record = RunRecord.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field {'.'.join(str(p) for p in e['loc']) or '(root)'!r}: {printable(e['msg'])}"
+            for e in exc.errors()[:3])
+        raise InvalidRecordError(f"{printable(key)}: not a valid run record: {problems}") \
+            from None
+    if record.app != app or record.run_id != run_id:
+        raise InvalidRecordError(
+            f"{printable(key)}: names run {printable(record.app)}/{printable(record.run_id)} "
+            "but is stored in another run's folder (moved or forged)")
+    for name in ("input", "output", "error", "progress"):
+        check_depth(getattr(record, name), f"{key}: field {name!r}")
+    return record
+
+
 def find_runs(store: Store, run_id: str) -> list[RunStore]:
-    """Every app's run with this id (normally one)."""
+    """Every app's run with this id (normally one). An app folder whose name no app can have
+    is skipped (with a warning)."""
     check_name("run id", run_id)
     found = []
     for app in store.list_dirs("runs"):
-        rs = RunStore(store, app, run_id)
+        try:
+            rs = RunStore(store, app, run_id)
+        except InvalidNameError:
+            log.warning("skipped runs/%s/: not a name an app can have", printable(app))
+            continue
         if store.exists(rs.key("run.msgpack")):
             found.append(rs)
     return found
 
 
-def list_runs(store: Store, app: str | None = None) -> list[RunRecord]:
-    apps = [app] if app else store.list_dirs("runs")
-    keys = []
+def list_runs(store: Store, app: str | None = None,
+              problems: list[RecordProblem] | None = None) -> list[RunRecord]:
+    """Every run record of the store (of `app`), oldest first. A record that cannot be trusted
+    (corrupt, unauthenticated, not fitting its schema, over its size limit, in a folder no run
+    can have) is left out and added to `problems` by key, or logged as a warning when the
+    caller gave no `problems` list to report them from."""
+    log_them = problems is None
+    problems = [] if problems is None else problems
+    apps = [check_name("app name", app)] if app else store.list_dirs("runs")
+    where: dict[str, tuple[str, str]] = {}
     for name in apps:
-        keys += [f"runs/{name}/{rid}/run.msgpack" for rid in store.list_dirs(f"runs/{name}")]
-    out = []
-    for key, data in store.read_many(keys).items():
         try:
-            out.append(RunRecord.model_validate(_codec.decode(data, key)))
-        except CorruptRecordError:
+            check_name("app name", name)
+        except InvalidNameError as exc:
+            _problem(problems, f"runs/{name}/", str(exc), log_them)
             continue
+        for rid in store.list_dirs(f"runs/{name}"):
+            key = f"runs/{name}/{rid}/run.msgpack"
+            try:
+                where[key] = (name, check_name("run id", rid))
+            except InvalidNameError as exc:
+                _problem(problems, f"runs/{name}/{rid}/", str(exc), log_them)
+    out = []
+    for key, data in store.read_many(list(where)).items():
+        try:
+            out.append(run_record(data, key, *where[key]))
+        except CorruptRecordError as exc:
+            _problem(problems, key, str(exc).removeprefix(printable(key) + ": "), log_them)
     return sorted(out, key=lambda r: r.created_at)
+
+
+def _problem(problems: list[RecordProblem], key: str, reason: str, log_it: bool) -> None:
+    problem = RecordProblem(key, reason)
+    if log_it:
+        log.warning("skipped %s", problem)
+    problems.append(problem)

@@ -62,6 +62,7 @@ from ._localfs import (
     same_file,
     try_link,
 )
+from ._messages import _scrub, _scrubbed, _shown, _userinfo
 
 __all__ = [
     "DEFAULT_STORE_DIR",
@@ -97,14 +98,6 @@ def _translated(store: Store, key: str) -> Iterator[None]:
         raise StoreError(
             f"store {store.url}: {key}: {type(exc).__name__}: {_scrub(str(exc))}"
         ) from exc
-
-
-def _scrub(text: str) -> str:
-    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
-        secret = os.environ.get(var)
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
 
 
 class Store:
@@ -834,32 +827,27 @@ def _s3_filesystem(opts: dict[str, Any]) -> Any:
     return fs
 
 
-def _shown(url: str) -> str:
-    """`url` without any user-info (whatever its shape) for messages."""
-    scheme, sep, rest = url.rpartition("://")
-    if "@" in rest.split("/", 1)[0]:
-        rest = rest.split("@")[-1]
-    return f"{scheme}{sep}{rest}"
-
-
 def open_store(url: str | None = None, options: dict[str, Any] | None = None) -> Store:
     """Open the store at `url` (default: `.connector-runtime` under the working directory).
 
     `options` are fsspec storage options (endpoint, region, profile, ...); secrets belong in the
-    environment or the AWS configuration, never in the URL.
+    environment or the AWS configuration, never in the URL. No message shows any part of a
+    URL's user-info (`_shown`).
     """
     if url is None:
         url = os.environ.get("CONNECTOR_RUNTIME_STORE") or os.path.join(
             os.getcwd(), DEFAULT_STORE_DIR
         )
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        clean = url.split("://", 1)[0] + "://" + url.split("@", 1)[1]
+    if _userinfo(url):
         raise StoreError(
-            f"store URL {clean} carries credentials: remove them from the URL and set them in "
-            "the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or pass "
-            "--store-option"
+            f"store URL {_shown(url)} carries credentials (an '@' before the bucket or host, "
+            "or in a bucket path): remove them from the URL and set them in the environment "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) or pass --store-option"
         )
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise StoreError(f"store URL {_shown(url)} is not a URL or folder: {exc}") from None
     protocol = parts.scheme or "file"
     if protocol in ("s3a", "s3n"):
         protocol = "s3"
@@ -888,7 +876,8 @@ def open_store(url: str | None = None, options: dict[str, Any] | None = None) ->
     try:
         fs = _s3_filesystem(opts) if protocol == "s3" else fsspec.filesystem(protocol, **opts)
     except (ImportError, ValueError, TypeError) as exc:
-        raise StoreError(f"cannot open store {url}: {exc}") from exc
+        raise StoreError(f"cannot open store {_shown(url)}: "
+                         f"{_scrubbed(str(exc), opts)}") from exc
     if protocol == "s3":
         fs.retries = 1  # s3fs's own loop would sleep 0.1 s and more per SlowDown
     if protocol == "file":

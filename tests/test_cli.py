@@ -130,10 +130,91 @@ def test_resume_all_resumes_unfinished_runs_whose_driver_is_gone(cli, tmp_path, 
     held = Lease(RunStore(open_store(file_store), "CountingApp", "b"), ttl=120)
     held.acquire()  # "b" has a live driver: resume --all leaves it alone
     flag.unlink()
-    res = cli("resume", "--all", "--store", file_store)
+    res = cli("resume", "--all", "--app", APP, "--store", file_store)
     assert res.code == 0, res.stderr
     store = open_store(file_store)
     assert RunStore(store, "CountingApp", "a").read_run().status is RunStatus.COMPLETED
     assert RunStore(store, "CountingApp", "b").read_run().status is RunStatus.FAILED
     assert sorted(open(tmp_path / "c-a").read().split("\n")[:-1]) == [
         "work 0", "work 1", "work 2"]  # completed tasks were not redone
+
+
+SERVICE_APP = "tests.apps.serviceapp.service_app:ServiceApp"
+
+
+def test_resume_all_skips_runs_that_failed_non_retryably_unless_asked(cli, tmp_path,
+                                                                      file_store):
+    """A cron `resume --all` does not redo a deterministic failure on every pass."""
+    flag = tmp_path / "refused"
+    flag.touch()
+    inp = json.dumps({"marker_dir": str(tmp_path / "m"), "n": 2, "fail_at": 1,
+                      "flag": str(flag)})
+    assert cli("run", SERVICE_APP, "--input", inp, "--run-id", "det", "--store",
+               file_store).code == 1
+    runs = RunStore(open_store(file_store), "ServiceApp", "det")
+    record = runs.read_run()
+    assert record.status is RunStatus.FAILED and record.error["non_retryable"] is True
+    attempts = len(os.listdir(tmp_path / "m"))
+    res = cli("resume", "--all", "--app", SERVICE_APP, "--store", file_store)
+    assert res.code == 0, res.stderr
+    assert "skipped det (ServiceApp): it failed on a non-retryable error (NonRetryableError: " \
+        in res.stderr and "--include-failed" in res.stderr
+    assert len(os.listdir(tmp_path / "m")) == attempts  # nothing ran
+    assert runs.read_run().status is RunStatus.FAILED
+    flag.unlink()  # the cause fixed: asked for, it is resumed
+    res = cli("resume", "--all", "--include-failed", "--app", SERVICE_APP, "--store",
+              file_store)
+    assert res.code == 0, res.stderr
+    assert runs.read_run().status is RunStatus.COMPLETED
+
+
+@pytest.mark.parametrize("run_id",
+                         ["nightly\n", "a b", "../up", ".hidden", "x" * 201, "\x1b[2J"])
+def test_a_refused_run_id_exits_2_and_writes_nothing(cli, tmp_path, file_store, run_id):
+    inp = json.dumps({"count_file": str(tmp_path / "c"), "n": 1})
+    for args in (("run", APP, "--input", inp, "--run-id", run_id), ("status", run_id),
+                 ("resume", run_id, "--app", APP), ("cancel", run_id)):
+        res = cli(*args, "--store", file_store)
+        assert res.code == 2, (args, res.stderr)
+        assert "invalid run id" in res.stderr and "\x1b" not in res.stderr and \
+            "\n" not in res.stderr.rstrip("\n")
+    assert store_files(file_store) == [] and not (tmp_path / "c").exists()
+
+
+def test_list_and_status_print_what_the_store_says_escaped(cli, file_store):
+    from storage import RunRecord
+
+    store = open_store(file_store)
+    RunStore(store, "CountingApp", "shown").write_run(RunRecord(
+        app="CountingApp", run_id="shown", app_path="m:A\x1b]0;owned\x07", entrypoint="run",
+        input={}, input_digest="d", status=RunStatus.FAILED,
+        error={"type": "X", "message": "bad\x1b[2J\nline\u202e"}, warnings=["w\x1b[31m"],
+        progress={"done": "7\x1b[1A"}))
+    odd = os.path.join(file_store, "runs", "CountingApp", "odd\x1b[2Jid")
+    os.makedirs(odd)
+    with open(os.path.join(odd, "run.msgpack"), "wb") as fh:
+        fh.write(open(os.path.join(file_store, "runs/CountingApp/shown/run.msgpack"),
+                      "rb").read())
+    listing = cli("list", "--store", file_store)
+    assert listing.code == 0
+    assert listing.stdout == "shown\tCountingApp\tFAILED\t7\\x1b[1A tasks\n"
+    assert "skipped runs/CountingApp/odd\\x1b[2Jid/: invalid run id" in listing.stderr
+    status = cli("status", "shown", "--store", file_store)
+    assert status.code == 0, status.stderr
+    assert '"message": "bad\\u001b[2J\\nline\\u202e"' in status.stdout  # a dict: as JSON
+    assert "w\\x1b[31m" in status.stdout
+    for out in (listing.stdout, listing.stderr, status.stdout, status.stderr):
+        assert "\x1b" not in out and "\u202e" not in out
+    as_json = cli("status", "shown", "--store", file_store, "--json")
+    assert json.loads(as_json.stdout)["error"]["message"] == "bad\x1b[2J\nline\u202e"
+    assert "\x1b" not in as_json.stdout
+
+
+def test_an_input_over_the_payload_limit_exits_2_before_anything_is_written(cli, tmp_path,
+                                                                           file_store):
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps({"count_file": "x" * (3 * 2**20), "n": 1}))
+    res = cli("run", APP, "--input", f"@{path}", "--run-id", "big", "--store", file_store)
+    assert res.code == 2, res.stderr
+    assert "is 3.0 MiB serialized, over the 2.0 MiB payload limit of CountingApp" in res.stderr
+    assert store_files(file_store) == []

@@ -6,6 +6,8 @@ import threading
 import uuid
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from storage import (
     CorruptRecordError,
@@ -257,3 +259,103 @@ def test_s3_store_retries_throttling_and_resets_itself(s3_server, s3_bucket):
             st.write("k", b"v3")
         proxy.plan = []
         assert st.read("k") == b"v2"
+
+
+# ---- issue 13: URLs that carry secrets, names, keyed records ----------------------------------
+
+SECRET = "wJalrXUtnFEMI/K7MDENG@bPxRfiCY:EXAMPLEKEY"
+
+
+def _fragments(userinfo: str) -> list[str]:
+    """Every run of 4+ letters and digits in `userinfo`: none may appear in a message."""
+    import re
+
+    return re.findall(r"[A-Za-z0-9]{4,}", userinfo)
+
+
+@pytest.mark.parametrize("template", [
+    "s3://{ui}@bucket/prefix",
+    "s3://{ui}@bucket/pre@fix",
+    "s3a://{ui}@bucket",
+    "simplecache::s3://{ui}@bucket/x",
+    "s3://bucket::{ui}@x",
+    "{ui}@bucket/prefix",
+    "file://{ui}@host/data",
+    "memory://{ui}@x",
+    "gs://{ui}@bucket",
+    "s3://[{ui}@bucket",
+])
+def test_no_part_of_a_urls_user_info_is_ever_shown(template, cli):
+    from storage._store import _userinfo
+
+    userinfo = f"AKIAIOSFODNN7EXAMPLE:{SECRET}"
+    url = template.format(ui=userinfo)
+    assert _userinfo(url) or "[" in url  # first, without side effects: no folder is made
+    with pytest.raises(StoreError) as info:
+        open_store(url)
+    res = cli("list", "--store", url)
+    assert res.code == 2, res.stderr
+    for text in (str(info.value), res.stderr):
+        for fragment in _fragments(userinfo):
+            assert fragment not in text, (fragment, text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(userinfo=st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/+=:@", min_size=8,
+                        max_size=40),
+       template=st.sampled_from(["s3://{}@bucket/p", "simplecache::s3://{}@b", "{}@bucket",
+                                 "file://{}@h/x", "memory://{}@x"]))
+def test_user_info_of_any_shape_is_never_shown(userinfo, template):
+    """Secrets hold '@', ':' and '/' (AWS secret keys do): whatever the split, no 8 characters
+    in a row of the user-info reach the message."""
+    from storage._store import _userinfo
+
+    assume(not (userinfo.startswith("/") and template in ("{}@bucket", "file://{}@h/x")))
+    url = template.format(userinfo)  # (else: a local path, '@' part of a folder's name)
+    assert _userinfo(url)  # first, without side effects: no folder is made
+    with pytest.raises(StoreError) as info:
+        open_store(url)
+    text = str(info.value)
+    for i in range(len(userinfo) - 7):
+        assert userinfo[i:i + 8] not in text, (url, text)
+
+
+def test_local_paths_with_an_at_sign_are_folders(tmp_path):
+    store = open_store(str(tmp_path / "runs@2026"))
+    assert store.url == f"file://{tmp_path}/runs@2026"
+    assert open_store(f"file://{tmp_path}/x@y").url == f"file://{tmp_path}/x@y"
+
+
+@pytest.mark.parametrize("name", ["ok\n", "ok\r", "a/b", "..", "", "-x", "x" * 201, "é"])
+def test_names_are_matched_whole(name):
+    from storage import InvalidNameError, check_name
+
+    with pytest.raises(InvalidNameError, match="invalid run id"):
+        check_name("run id", name)
+    with pytest.raises(InvalidNameError):
+        RunStore(open_store("memory://names"), "App", name)
+
+
+def test_keyed_records_round_trip_and_a_changed_byte_is_refused(store, monkeypatch):
+    from storage import UnauthenticatedRecordError
+
+    monkeypatch.setenv("CONNECTOR_RUNTIME_RECORD_KEY", "k" * 32)
+    runs = RunStore(store, "App", "keyed")
+    record = RunRecord(app="App", run_id="keyed", app_path="m:App", entrypoint="run",
+                       input={"x": 1}, input_digest="d")
+    runs.write_run(record)
+    assert runs.write_segment(1, 0, [{"y": "v", "k": "now:0", "v": 1.5}])
+    lease = Lease(runs, ttl=5)
+    lease.acquire()
+    assert runs.read_run().input == {"x": 1}
+    assert runs.load_journal().records == [{"y": "v", "k": "now:0", "v": 1.5}]
+    assert Lease(runs).read().owner == lease.owner
+    data = bytearray(store.read(runs.key("run.msgpack")))
+    assert data[:4] == b"CRT2"
+    data[-3] ^= 0x01
+    store.write(runs.key("run.msgpack"), bytes(data))
+    with pytest.raises(UnauthenticatedRecordError, match="MAC does not match"):
+        runs.read_run()
+    problems = []
+    assert list_runs(store, problems=problems) == []
+    assert [p.key for p in problems] == [runs.key("run.msgpack")]

@@ -198,7 +198,8 @@ def test_cancel_of_a_run_whose_driver_died_is_honoured_by_the_next_driver(
     assert status["tasks_running"] == 0
     assert cli("cancel", "orphan", "--store", file_store).code == 0
     ran = executions(tmp_path)
-    resumed = cli("resume", "--all", "--store", file_store, timeout=180)
+    resumed = cli("resume", "--all", "--app", "tests.apps.trust:SequenceApp", "--store",
+                  file_store, timeout=180)
     assert resumed.code == 1 and "cancelled" in resumed.stderr, resumed.stderr[-2000:]
     runs = RunStore(open_store(file_store), "SequenceApp", "orphan")
     assert runs.read_run().status is RunStatus.CANCELLED

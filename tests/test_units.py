@@ -134,7 +134,7 @@ def test_group_commit_batches_and_close_never_hangs(tmp_path):
         committer.start()
         for round_ in range(50):
             for i in range(20):
-                committer.append({"y": "t", "k": f"{round_}-{i}"})
+                committer.append({"y": "t", "k": f"{round_}-{i}", "n": "t", "o": b"", "a": 1})
             if round_ % 7 == 0:
                 await committer.flush()
             await asyncio.sleep(0)

@@ -18,6 +18,8 @@ What goes, per run folder:
   output ("t"), nor the run's output. A run whose journal has a corrupt segment, or that has no
   run record, keeps everything (the lost record might have named it). Referenced PERSISTENT
   objects are never deleted.
+- A run whose record is there but cannot be trusted (corrupt, unauthenticated, not fitting its
+  schema: `storage.list_runs` reports it) keeps everything in every tier, with a note.
 
 A file:// store is listed without following symbolic links (`storage.LocalStore`): a folder
 replaced by a link is skipped with a warning, never entered, so gc cannot delete outside the
@@ -37,9 +39,11 @@ from typing import Any
 import msgpack
 
 from storage import (
+    RecordProblem,
     RunStatus,
     RunStore,
     Store,
+    StoreError,
     UnsafeEntryError,
     delete_store_prefix,
     list_runs,
@@ -129,16 +133,22 @@ def plan(store: Store, older_than: float, now: float | None = None,
     notes = [] if notes is None else notes
     now = time.time() if now is None else now
     cutoff = now - older_than
-    records = {(r.app, r.run_id): r for r in list_runs(store)}
+    bad: list[RecordProblem] = []
+    records = {(r.app, r.run_id): r for r in list_runs(store, problems=bad)}
+    kept = _untrusted(bad, notes)
     items: list[GcItem] = []
     for app in _dirs(store, "retained", notes):
         for run_id in _dirs(store, f"retained/{app}", notes):
+            if {(app, run_id), (app, "")} & kept:
+                continue
             item = _candidate(store, f"retained/{app}/{run_id}", "retained", app, run_id,
                               records.get((app, run_id)), cutoff, now)
             if item is not None:
                 items.append(item)
     for app in _dirs(store, "runs", notes):
         for run_id in _dirs(store, f"runs/{app}", notes):
+            if {(app, run_id), (app, "")} & kept:
+                continue
             if "files" not in _dirs(store, f"runs/{app}/{run_id}", notes):
                 continue
             item = _candidate(store, f"runs/{app}/{run_id}/files", "transient", app, run_id,
@@ -147,9 +157,23 @@ def plan(store: Store, older_than: float, now: float | None = None,
                 items.append(item)
     for app in _dirs(store, "persistent", notes):
         for run_id in _dirs(store, f"persistent/{app}", notes):
+            if {(app, run_id), (app, "")} & kept:
+                continue
             items += _leftovers(store, app, run_id, records.get((app, run_id)), cutoff, now,
                                 notes)
     return items
+
+
+def _untrusted(bad: list[RecordProblem], notes: list[str]) -> set[tuple[str, str]]:
+    """(app, run id) of the runs whose record cannot be trusted ((app, "") for a whole app
+    folder): gc keeps all their objects, as for a running run."""
+    kept = set()
+    for problem in bad:
+        parts = problem.key.split("/")
+        if len(parts) >= 3 and parts[0] == "runs":
+            kept.add((parts[1], parts[2] if len(parts) > 3 else ""))
+        _note(notes, f"skipped {problem}: the run's objects are kept")
+    return kept
 
 
 def _candidate(store: Store, prefix: str, tier: str, app: str, run_id: str, record: Any,
@@ -254,7 +278,10 @@ def collect(store: Store, items: list[GcItem]) -> int:
         else:  # a leftover: only if the run did not start again since the plan was made
             key = (item.app, item.run_id)
             if key not in records:
-                records[key] = RunStore(store, item.app, item.run_id).read_run()
+                try:
+                    records[key] = RunStore(store, item.app, item.run_id).read_run()
+                except StoreError:  # a record that cannot be trusted now: keep its objects
+                    records[key] = None
             record = records[key]
             if record is None or record.status is RunStatus.RUNNING:
                 continue

@@ -4,6 +4,10 @@ stdout carries only results (the run's Output as JSON, as the last thing printed
 logs go to stderr, so `ray job logs` and shell pipelines both work. Exit codes: 0 success,
 1 run failed or cancelled, 2 bad usage or bad input, 3 run owned by a live driver (at start, or
 taken over by another driver while this one was frozen or cut off), 130 Ctrl-C.
+
+Nothing the store says is imported: `resume` runs only apps the operator names (`--app`,
+`--apps-file`; runtime/cli/_allowed.py), and what is printed from records is escaped
+(`storage.printable`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -22,14 +27,19 @@ from typing import Any
 from application_sdk.app import App
 from application_sdk.errors import DefinitionError, RunCancelledError, RunFailedError
 from storage import (
+    InvalidNameError,
     LeaseHeldError,
     LeaseLostError,
+    RecordKeyError,
     RunStatus,
     Store,
     StoreError,
+    check_name,
     find_runs,
     list_runs,
     open_store,
+    printable,
+    record_key,
 )
 
 from .._errors import UsageError
@@ -47,11 +57,22 @@ class CliError(Exception):
         self.code = code
 
 
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 def load_app(target: str) -> type[App]:
-    """Import `module:Class` from the current directory (as `ray job submit` runs it)."""
+    """Import `module:Class` from the current directory (as `ray job submit` runs it).
+
+    Only the operator names a target (a command line, an apps file), never a run record. The
+    module is the one thing imported: the class is looked up in the module's and the classes'
+    own namespaces (no `__getattr__` hook, no lazy import of anything else it names) and
+    checked to be an App before anything uses it."""
     module_name, sep, qualname = target.partition(":")
     if not sep or not module_name or not qualname:
         raise CliError(f"app {target!r}: expected module:Class, e.g. my_app:MyConnector")
+    if not _DOTTED.fullmatch(module_name) or not _DOTTED.fullmatch(qualname):
+        raise CliError(f"app {target!r}: the module and the class must be dotted Python "
+                       "names, e.g. my_app:MyConnector or pkg.apps:Outer.MyConnector")
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
@@ -61,7 +82,8 @@ def load_app(target: str) -> type[App]:
         raise CliError(f"cannot import module {module_name!r} for app {target!r}: {exc}") from exc
     obj: Any = module
     for part in qualname.split("."):
-        obj = getattr(obj, part, None)
+        namespace = vars(obj) if obj is module or isinstance(obj, type) else {}
+        obj = namespace.get(part)
         if obj is None:
             raise CliError(f"module {module_name!r} has no {qualname!r} (app {target!r})")
     if not (isinstance(obj, type) and issubclass(obj, App)):
@@ -103,6 +125,7 @@ def parse_store_options(items: list[str]) -> dict[str, Any]:
 
 def _store(args: argparse.Namespace) -> Store:
     try:
+        record_key()  # a record key asked for but unusable: say so before anything is read
         return open_store(args.store, parse_store_options(args.store_option))
     except StoreError as exc:
         raise CliError(str(exc)) from exc
@@ -171,6 +194,8 @@ def _cancel_on_signals(task: asyncio.Task[Any], interrupted: list[int]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.run_id is not None:
+        _checked_name("run id", args.run_id)
     app_cls = load_app(args.app)
     payload = parse_input(args.input)
     try:
@@ -184,33 +209,97 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    """Resume runs, each with an app the operator named (`--app`, `--apps-file`): a run
+    record's own `app_path` is never imported (runtime/cli/_allowed.py)."""
     store = _store(args)
     if args.all:
         return _resume_all(args, store)
     if not args.run_id:
         raise CliError("resume: give a RUN_ID or --all")
     record = _find_record(store, args.run_id)
+    allowed = _allowed(args, record)
+    app_cls, why = allowed.match(record)
+    if app_cls is None:
+        raise CliError(f"run {record.run_id} not resumed: {why}")
     if record.status is RunStatus.COMPLETED:
         print(f"run {record.run_id} is already COMPLETED", file=sys.stderr)
-    app_cls = load_app(record.app_path)
     return _execute(app_cls, record.input, args, store, record.run_id, record.entrypoint)
 
 
+def _allowed(args: argparse.Namespace, record: Any = None) -> Any:
+    from ._allowed import APPS_FILE_VAR, allowed_apps
+
+    try:
+        allowed = allowed_apps(args.app, args.apps_file, load_app)
+    except UsageError as exc:
+        raise CliError(str(exc)) from exc
+    if allowed is None:
+        hint = "" if record is None else (
+            f" (its record says {record.app_path!r}: check that it is the app you "
+            "mean before naming it)")
+        raise CliError(
+            "resume runs only apps you name: add --app MODULE:CLASS (repeatable)" + hint +
+            f", or --apps-file FILE (or ${APPS_FILE_VAR}) listing them; the app a run record "
+            "names is never imported on the record's word")
+    return allowed
+
+
 def _resume_all(args: argparse.Namespace, store: Store) -> int:
+    """Every unfinished run whose driver is gone, with the app the operator named for it. A
+    record that cannot be trusted, or of an app not named, is skipped with the reason; the
+    others go on. Exit code: the worst of the resumed runs', at least 1 if a record was
+    refused."""
+    from storage import RecordProblem
+
+    allowed = _allowed(args)
+    problems: list[RecordProblem] = []
+    records = list_runs(store, problems=problems)
+    worst = EXIT_OK
+    for problem in problems:
+        print(f"skipped {problem}: not resumed", file=sys.stderr)
+        worst = EXIT_FAILED
+    for record in records:
+        code = _resume_one(args, store, allowed, record)
+        worst = max(worst, code)
+        if code == EXIT_INTERRUPTED:
+            break  # Ctrl-C or SIGTERM: the operator stops the whole pass
+    return worst
+
+
+def _resume_one(args: argparse.Namespace, store: Store, allowed: Any, record: Any) -> int:
     from storage import Lease, RunStore
 
-    worst = EXIT_OK
-    for record in list_runs(store):
-        if record.status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
-            continue
+    if record.status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
+        return EXIT_OK
+    name = f"{record.run_id} ({record.app})"
+    app_cls, why = allowed.match(record)
+    if app_cls is None:
+        print(f"skipped {name}: {why}", file=sys.stderr)
+        return EXIT_OK
+    error = record.error if isinstance(record.error, dict) else {}
+    if record.status is RunStatus.FAILED and error.get("non_retryable") is True \
+            and not args.include_failed:
+        cause = printable(f"{error.get('type', 'error')}: {error.get('message', '')}")[:300]
+        print(f"skipped {name}: it failed on a non-retryable error ({cause}), which a resume "
+              f"would meet again; fix the cause, then resume it by name or add "
+              "--include-failed", file=sys.stderr)
+        return EXIT_OK
+    try:
         lease = Lease(RunStore(store, record.app, record.run_id)).read()
         if lease is not None and lease.live(time.time()):
-            continue
-        print(f"resuming {record.run_id} ({record.status.value})", file=sys.stderr)
-        code = _execute(load_app(record.app_path), record.input, args, store, record.run_id,
-                        record.entrypoint)
-        worst = max(worst, code)
-    return worst
+            return EXIT_OK
+        print(f"resuming {name}, {record.status.value}", file=sys.stderr)
+        return _execute(app_cls, record.input, args, store, record.run_id, record.entrypoint)
+    except StoreError as exc:  # this run's store trouble is not the next run's
+        print(f"run {name}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _checked_name(kind: str, value: str) -> str:
+    try:
+        return check_name(kind, value)
+    except InvalidNameError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _find_record(store: Store, run_id: str):
@@ -223,8 +312,9 @@ def _find_record(store: Store, run_id: str):
     if len(found) > 1:
         raise CliError(f"run id {run_id!r} exists for several apps: "
                        f"{[r.app for r in found]}")
-    record = found[0].read_run()
-    assert record is not None
+    record = found[0].read_run()  # a record that cannot be trusted: StoreError, exit 1
+    if record is None:
+        raise CliError(f"no run {run_id!r} in store {store.url}")
     return record
 
 
@@ -235,22 +325,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     record = _find_record(store, args.run_id)
     info = describe(store, record)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2))  # JSON escapes control characters itself
     else:
         for key, value in info.items():
-            print(f"{key:>14}: {value if not isinstance(value, dict) else json.dumps(value)}")
+            text = json.dumps(value) if isinstance(value, dict) else value
+            print(f"{key:>14}: {printable(text)}")
     return EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """Every run; a record that cannot be trusted is named on stderr, and the others listed."""
+    from storage import RecordProblem
+
     store = _store(args)
-    rows = list_runs(store, args.app)
+    if args.app:
+        _checked_name("app name", args.app)
+    problems: list[RecordProblem] = []
+    rows = list_runs(store, args.app, problems)
+    for problem in problems:
+        print(f"warning: skipped {problem}", file=sys.stderr)
     if args.json:
         print(json.dumps([{"run_id": r.run_id, "app": r.app, "status": r.status.value,
                            "created_at": r.created_at} for r in rows], indent=2))
         return EXIT_OK
     for r in rows:
-        print(f"{r.run_id}\t{r.app}\t{r.status.value}\t{r.progress.get('done', 0)} tasks")
+        done = r.progress.get("done", 0)
+        print(f"{printable(r.run_id)}\t{printable(r.app)}\t{r.status.value}\t"
+              f"{printable(done)} tasks")
     return EXIT_OK
 
 
@@ -366,10 +467,20 @@ def build_parser() -> argparse.ArgumentParser:
     store_args(p)
     p.set_defaults(fn=cmd_run)
 
-    p = sub.add_parser("resume", help="resume an interrupted or failed run")
+    p = sub.add_parser("resume", help="resume an interrupted or failed run, with an app you "
+                       "name (a record's own app is never imported)")
     p.add_argument("run_id", nargs="?")
     p.add_argument("--all", action="store_true",
-                   help="resume every unfinished run whose driver is gone")
+                   help="resume every unfinished run whose driver is gone, of the apps named")
+    p.add_argument("--app", action="append", default=[], metavar="MODULE:CLASS",
+                   help="an app this resume may run (repeatable); a run is resumed only by "
+                   "the named app of its name")
+    p.add_argument("--apps-file", metavar="FILE",
+                   help="file naming the apps this resume may run, one module:Class a line "
+                   "(# comments); yours, not writable by others (default "
+                   "$CONNECTOR_RUNTIME_APPS_FILE)")
+    p.add_argument("--include-failed", action="store_true",
+                   help="--all: resume runs that failed on a non-retryable error too")
     store_args(p)
     p.set_defaults(fn=cmd_resume)
 
@@ -428,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, (InvalidNameError, RecordKeyError)) \
+            else EXIT_FAILED
 
 
 if __name__ == "__main__":

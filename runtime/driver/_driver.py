@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import ray
 from pydantic import ValidationError
 
@@ -95,6 +96,7 @@ async def run_app_async(
     """Run (or resume, or return the recorded output of) one run of `app_cls`."""
     ep = app_cls.entrypoint_spec(entrypoint)
     inp = validate_input(ep, input)
+    _check_input_size(app_cls, ep, inp)  # before anything is written: the record holds it
     st = store if isinstance(store, Store) else open_store(store, store_options)
     runs = RunStore(st, app_cls.name, run_id or new_run_id(app_cls))
     existing = await asyncio.to_thread(runs.read_run)
@@ -107,6 +109,19 @@ async def run_app_async(
     session = DriverSession(app_cls, ep, inp, input_digest(inp, scheme), scheme, runs,
                             on_progress)
     return await session.execute(functools.partial(check_same_run, ep=ep, inp=inp))
+
+
+def _check_input_size(app_cls: type[App], ep: EntrypointSpec, inp: Input) -> None:
+    """The run's input, serialized as its run record keeps it, within the app's payload
+    limit; InputValidationError (nothing written) otherwise."""
+    size = len(msgpack.packb(inp.model_dump(mode="json"), use_bin_type=True))
+    limit = app_cls.payload_limit_bytes
+    if size > limit:
+        raise InputValidationError(
+            f"input of {ep.name} ({ep.input_type.__qualname__}) is {size / 2**20:.1f} MiB "
+            f"serialized, over the {limit / 2**20:.1f} MiB payload limit of "
+            f"{app_cls.__qualname__}: pass large data by reference (a FileReference, or a "
+            "path or URL read inside a task)")
 
 
 def _refuse_local_store_on_a_cluster(store: Store) -> None:

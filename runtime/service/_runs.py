@@ -25,7 +25,7 @@ from typing import Any
 
 from application_sdk.app import EntrypointSpec
 from application_sdk.contracts import Input
-from storage import RunRecord, RunStatus, RunStore, list_runs
+from storage import RunRecord, RunStatus, RunStore, list_runs, printable
 
 from ..driver import new_run_id
 from ..views import describe, driver_alive, read_run, same_run_conflict, summary
@@ -249,8 +249,14 @@ class RunService:
                 continue
             if await asyncio.to_thread(driver_alive, self.store, record):
                 continue
-            ep = self.app.entrypoint_spec(record.entrypoint)
-            inp = ep.input_type.model_validate(record.input)
+            try:  # a record this app cannot run is skipped, not the end of the pass
+                ep = self.app.entrypoint_spec(record.entrypoint)
+                inp = ep.input_type.model_validate(record.input)
+            except Exception as exc:
+                log.warning("run %s: not resumed, its record does not fit %s: %s: %s",
+                            record.run_id, self.app.name, type(exc).__name__,
+                            printable(str(exc))[:500])
+                continue
             answer = await self.start(ep, inp, record.run_id)
             if answer.data and answer.data.get("launched"):
                 log.warning("run %s: its driver was gone; resumed (%s)", record.run_id,
