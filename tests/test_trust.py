@@ -224,8 +224,9 @@ def test_a_failed_gather_starts_nothing_more_and_status_names_the_task(
     time.sleep(2.5)  # anything the driver did not stop would start or retry by now
     ran = Counter(line for line in executions(tmp_path) if line.startswith("slow"))
     assert all(count == 1 for count in ran.values()), ran  # no retry of a cancelled sibling
-    starts = [float(line.split()[1]) for line in (tmp_path / "starts").read_text().splitlines()]
-    assert max(starts) < failed_at  # the queued ones never started once the run had failed
+    lines = (tmp_path / "starts").read_text().splitlines() if (tmp_path / "starts").exists() \
+        else []  # the failure may come before any sibling got a CPU
+    assert all(float(line.split()[1]) < failed_at for line in lines)  # none started after
     runs = RunStore(open_store(file_store), "FailingGatherApp", "failing")
     failures = [r for r in runs.load_journal().records if r["y"] == "f"]
     assert [r["n"] for r in failures] == ["broken"]  # cancellations are not failures
