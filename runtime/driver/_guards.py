@@ -205,21 +205,23 @@ class _GuardedStep(collections.abc.Coroutine):
     def __init__(self, coro: Any) -> None:
         self._coro = coro
 
+    # A step that starts unguarded (the coroutine awaits the runtime's own code, which set
+    # ACTIVE to None) can end guarded: runtime_code() turns the profile function back on when
+    # it returns into run(). So every step restores the thread's profile function, or it
+    # would stay on after run() ended and refuse the caller's own open() (a failed run did).
     def send(self, value: Any) -> Any:
-        if not _guarding():
-            return self._coro.send(value)
-        previous = sys.getprofile()
-        sys.setprofile(_profile)
+        previous = _outside(sys.getprofile())
+        if _guarding():
+            sys.setprofile(_profile)
         try:
             return self._coro.send(value)
         finally:
             sys.setprofile(previous)
 
     def throw(self, *args: Any) -> Any:
-        if not _guarding():
-            return self._coro.throw(*args)
-        previous = sys.getprofile()
-        sys.setprofile(_profile)
+        previous = _outside(sys.getprofile())
+        if _guarding():
+            sys.setprofile(_profile)
         try:
             return self._coro.throw(*args)
         finally:
@@ -233,6 +235,11 @@ class _GuardedStep(collections.abc.Coroutine):
 
     def __getattr__(self, name: str) -> Any:  # cr_frame, cr_code, ... for asyncio's repr
         return getattr(self._coro, name)
+
+
+def _outside(profile: Any) -> Any:
+    """The profile function to restore after a step: never the guard itself."""
+    return None if profile is _profile else profile
 
 
 _factories: dict[asyncio.AbstractEventLoop, tuple[Any, int]] = {}
