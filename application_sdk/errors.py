@@ -152,7 +152,9 @@ class HeartbeatTimeoutError(AppError):
 
 class ProgressStalledError(HeartbeatTimeoutError):
     """With `enforce_progress`: the attempt beats but its heartbeat details stopped changing
-    for max_no_progress_seconds (its process lives; the task itself is stuck)."""
+    for max_no_progress_seconds (its process lives; the task itself is stuck). With
+    `auto_heartbeat_seconds=None`: the task's own heartbeat() calls stopped for
+    heartbeat_timeout_seconds. Spends the retry budget (the task's fault, not the node's)."""
 
 
 class TaskUnschedulableError(NonRetryableError):

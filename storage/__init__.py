@@ -18,6 +18,7 @@ from ._files import (
 )
 from ._lease import Lease, LeaseInfo
 from ._runs import JournalLoad, RunRecord, RunStatus, RunStore, find_runs, list_runs
+from ._state import load_app_state, save_app_state, state_key
 from ._store import DEFAULT_STORE_DIR, Store, UnsafeEntryError, open_store, safe_key
 
 __all__ = [
@@ -44,9 +45,12 @@ __all__ = [
     "ensure_private_dir",
     "find_runs",
     "list_runs",
+    "load_app_state",
     "materialize",
     "open_store",
     "persist",
     "safe_key",
+    "save_app_state",
+    "state_key",
     "tier_prefix",
 ]

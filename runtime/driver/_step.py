@@ -203,8 +203,7 @@ class StepRunner:
                 self.failures.append(TaskFailure(
                     spec.name, key, number, reason, failure.error, failure.type_name,
                     decision.non_retryable))
-                failure.error.add_note(reason)
-                raise failure.error
+                raise failure.error  # the run's error says which task and why, once
             self.progress.retrying += 1
             try:
                 if self.before_retry is not None:

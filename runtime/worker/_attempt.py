@@ -25,6 +25,7 @@ from application_sdk import _context
 from application_sdk.app import App
 from application_sdk.errors import NonRetryableError, PayloadTooLargeError, TaskError
 
+from .._appengine import task_app_context
 from .._errors import error_type_names, is_non_retryable
 from .._runcontext import RunContext, scratch_dir
 from . import _files
@@ -76,6 +77,7 @@ def execute(
         runtime=runtime,
     )
     token = _context.task_info.set(task_info)
+    ctx_token = _context.app_context.set(task_app_context(app_cls, run, task_name, attempt))
     runtime.start()
     try:
         inp = _files.before_task(inp, run, task_info)
@@ -84,6 +86,7 @@ def execute(
             out = _files.after_task(out, run, task_info)
     finally:
         runtime.stop()
+        _context.app_context.reset(ctx_token)
         _context.task_info.reset(token)
     if not isinstance(out, spec.output_type):
         raise NonRetryableError(

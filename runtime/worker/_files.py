@@ -163,7 +163,8 @@ def _references(value: Any) -> list[FileReference]:
 
 def before_task(inp: Input, run: RunContext, info: TaskInfo) -> Input:
     ensure_scratch_root()  # before the task can write a byte there (one lstat once checked)
-    refs = [r for r in _references(inp) if r.is_durable and r.storage_path]
+    refs = [r for r in _references(inp) if r.is_durable and r.storage_path
+            and r.auto_materialize]
     if not refs:
         return inp  # local-only references are usable where they were made: nothing to fetch
     for ref in refs:  # all refused before anything is read
@@ -172,8 +173,8 @@ def before_task(inp: Input, run: RunContext, info: TaskInfo) -> Input:
     cache = cache_dir(run)
 
     def fetch(ref: FileReference, _path: str) -> FileReference:
-        if not ref.is_durable or not ref.storage_path:
-            return ref
+        if not ref.is_durable or not ref.storage_path or not ref.auto_materialize:
+            return ref  # auto_materialize=False: the task fetches it when it wants
         return ref.model_copy(update={"local_path": materialize(store, ref, cache)})
 
     return _walk(inp, fetch, "")
@@ -189,8 +190,8 @@ def after_task(out: Output, run: RunContext, info: TaskInfo) -> Output:
     token = uuid.uuid4().hex[:8]  # an attempt of a dead driver may still run with this number
 
     def upload(ref: FileReference, path: str) -> FileReference:
-        if ref.is_durable or not ref.local_path:
-            return ref
+        if ref.is_durable or not ref.local_path or not ref.auto_materialize:
+            return ref  # auto_materialize=False: the app owns its upload
         real = check_inside(ref.local_path, roots, action="upload")
         name = safe_component(os.path.basename(real.rstrip(os.sep))) or "data"
         field = safe_component(path) or "output"
