@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -109,8 +111,30 @@ def app_context(app_cls: type, run: RunContext, engine: RunEngine, *,
         task_name=task_name, attempt=attempt, _engine=engine)
 
 
+_logging_ready = False
+
+
+def _task_logging() -> None:
+    """Once per worker process: what a task logs through `self.logger` reaches stderr (which
+    Ray streams to the driver) at INFO, unless the process configured logging itself."""
+    global _logging_ready
+    if _logging_ready:
+        return
+    _logging_ready = True
+    logger = logging.getLogger("app")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "%(levelname)s %(name)s [%(task_name)s attempt %(attempt)s, run %(run_id)s]: "
+            "%(message)s", defaults={"task_name": "-", "attempt": "-", "run_id": "-"}))
+        logger.addHandler(handler)
+
+
 def task_app_context(app_cls: type, run: RunContext, task_name: str,
                      attempt: int) -> AppContext:
     """The AppContext of one task attempt on a worker."""
+    _task_logging()
     return app_context(app_cls, run, RunEngine(run, "task"), task_name=task_name,
                        attempt=attempt)

@@ -48,7 +48,7 @@ from .._appengine import RunEngine, app_context
 from .._errors import InputValidationError, RunConflictError
 from .._runcontext import RunContext
 from ..dispatch import HeartbeatWatch, RayExecutor, shared_monitor
-from ..worker import cleanup_scratch, cleanup_transient, objects_in
+from ..worker import cleanup_scratch, cleanup_transient, objects_in, without_local_paths
 from . import _guards as guards
 from ._journal import GroupCommitter, JournalIndex, commit_interval
 from ._keys import KEY_SCHEME
@@ -429,6 +429,8 @@ class DriverSession:
         record.status = {"completed": RunStatus.COMPLETED, "failed": RunStatus.FAILED,
                          "cancelled": RunStatus.CANCELLED,
                          "continued": RunStatus.CONTINUED}[outcome]
+        if output is not None:
+            output = without_local_paths(output)  # they name scratch that cleanup deleted
         record.output = output.model_dump(mode="json") if output is not None else None
         record.finish_count += 1
         record.finished_at = time.time()

@@ -56,7 +56,8 @@ from .._runcontext import RunContext, ensure_scratch_root, safe_component
 if TYPE_CHECKING:
     from application_sdk._context import TaskInfo
 
-__all__ = ["after_task", "allowed_roots", "before_task", "cache_dir", "objects_in"]
+__all__ = ["after_task", "allowed_roots", "before_task", "cache_dir", "objects_in",
+           "without_local_paths"]
 
 ALLOWED_ROOTS_VAR = "CONNECTOR_RUNTIME_ALLOWED_ROOTS"
 
@@ -220,3 +221,18 @@ def objects_in(key: str, output: Output) -> list[dict[str, Any]]:
             seen.add(ref.storage_path)
             records.append({"y": "o", "k": key, "p": ref.storage_path, "t": ref.tier.value})
     return records
+
+
+def without_local_paths(value: Output) -> Output:
+    """A run's output as its caller gets it (and its record keeps it): durable references
+    without `local_path`, which names a worker's scratch folder that cleanup deletes; their
+    `storage_path` (a key in the run's store) is where the data is."""
+    if not _references(value):
+        return value
+
+    def strip(ref: FileReference, _path: str) -> FileReference:
+        if ref.is_durable and ref.local_path:
+            return ref.model_copy(update={"local_path": None})
+        return ref
+
+    return _walk(value, strip, "")
