@@ -18,7 +18,8 @@ import tempfile
 from typing import Any
 
 from application_sdk.contracts import FileReference
-from storage import RunStatus, Store, StoreError, materialize
+from application_sdk.errors import StorageIntegrityError
+from storage import PathRefusedError, RunStatus, Store, StoreError, materialize
 
 __all__ = ["cmd_files", "output_references"]
 
@@ -39,10 +40,12 @@ def output_references(output: Any, path: str = "") -> list[tuple[str, FileRefere
 
 
 def _row(field: str, ref: FileReference, store: Store) -> dict[str, Any]:
+    key = (ref.storage_path or "").rstrip("/")
+    present = store.exists(key) or bool(store.list(key))
     return {"field": field, "storage_path": ref.storage_path,
             "url": f"{store.url.rstrip('/')}/{ref.storage_path}", "format": ref.format,
             "size_bytes": ref.size_bytes, "file_count": ref.file_count,
-            "tier": ref.tier.value, "sha256": ref.sha256}
+            "tier": ref.tier.value, "sha256": ref.sha256, "present": present}
 
 
 def _download(store: Store, refs: list[tuple[str, FileReference]], folder: str) -> list[str]:
@@ -82,8 +85,23 @@ def cmd_files(store: Store, record: Any, download: str | None, as_json: bool) ->
         return 1
     refs = output_references(last.output or {})
     rows = [_row(field, ref, store) for field, ref in refs]
+    gone = [r for r in rows if not r["present"]]
+    for row in gone:
+        why = (" (TRANSIENT: cleanup_storage deleted it when the run completed; return "
+               "RETAINED or PERSISTENT references from run() to keep a run's results)"
+               if row["tier"] == "transient" else " (deleted by gc or by hand)")
+        print(f"warning: {row['field']}: {row['storage_path']} is gone from the store{why}",
+              file=sys.stderr)
+    if download and gone:
+        print("error: --download: some output files are gone from the store", file=sys.stderr)
+        return 1
     if download:
-        for row, target in zip(rows, _download(store, refs, download), strict=True):
+        try:
+            targets = _download(store, refs, download)
+        except (StorageIntegrityError, PathRefusedError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        for row, target in zip(rows, targets, strict=True):
             row["downloaded_to"] = target
     if as_json:
         print(json.dumps(rows, indent=2))
