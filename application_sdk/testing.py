@@ -143,7 +143,9 @@ async def run_task_async(
                   attempt=attempt, _engine=_TestEngine(kept, dict(secrets or {})), _logger=None)
     collect = _Collect()
     logger = logging.getLogger(f"app.{cls.name}")
+    level = logger.level
     logger.addHandler(collect)
+    logger.setLevel(logging.DEBUG)  # result.logs has everything the task said
     tokens = (_context.task_info.set(info), _context.app_context.set(ctx))
     try:
         out = await spec.fn(instance, inp)
@@ -151,6 +153,7 @@ async def run_task_async(
         _context.app_context.reset(tokens[1])
         _context.task_info.reset(tokens[0])
         logger.removeHandler(collect)
+        logger.setLevel(level)
     return TaskResult(output=out, heartbeats=runtime.beats, files=runtime.files, state=kept,
                       logs=collect.records)
 
