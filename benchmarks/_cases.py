@@ -40,6 +40,7 @@ SIZES: dict[str, tuple[list[int], list[int]]] = {
     "guards": ([100, 300], [10]),
     "sql": ([1_000_000, 5_000_000], [20_000]),
     "files": ([128, 1024], [4]),
+    "checkpoint": ([200], [20]),
     "jobs": ([100], [10]),
     "service": ([5], [5]),
 }
@@ -576,6 +577,7 @@ CASES: dict[str, CaseFn] = {
     "guards": case_guards,
     "sql": _extra("sql"),
     "files": _extra("files"),
+    "checkpoint": _extra("checkpoint"),
     "jobs": _extra("jobs"),
     "service": _extra("service"),
 }
