@@ -288,3 +288,38 @@ def test_non_retryable_error_class_name_reaches_the_run_error(ray_session, tmp_p
     assert info.value.non_retryable and info.value.task == "use"
     assert isinstance(info.value.__cause__, NonRetryableError)
     assert str(info.value).count(str(info.value.__cause__)) == 1
+
+
+# ---- entry points, cancellation seen from a task ---------------------------------------------
+
+
+def test_entry_point_by_its_kebab_case_name_on_the_cli(ray_session, file_store, cli):
+    res = cli("run", "tests.apps.seed:SnowflakeApp", "--entrypoint", "extract-metadata",
+              "--input", json.dumps({"connection_id": "sf"}), "--run-id", "kebab",
+              "--store", file_store)
+    assert res.code == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.splitlines()[-1]) == {"rows_extracted": 7}
+    record = RunStore(open_store(file_store), "SnowflakeApp", "kebab").read_run()
+    assert record.entrypoint == "extract_metadata"  # one run, whichever spelling started it
+    again = cli("run", "tests.apps.seed:SnowflakeApp", "--entrypoint", "extract_metadata",
+                "--input", json.dumps({"connection_id": "sf"}), "--run-id", "kebab",
+                "--store", file_store)
+    assert again.code == 0 and again.stdout == res.stdout
+
+
+def test_a_task_sees_a_cancellation_request_made_after_its_run_started(tmp_path):
+    from runtime._appengine import RunEngine
+    from runtime._runcontext import RunContext
+
+    store = str(tmp_path / "store")
+    runs = RunStore(open_store(store), "App", "r1")
+    runs.request_cancel("an old request, honoured before this run resumed")
+    honoured = runs.cancel_request()[1]
+    run = RunContext("r1", "App", store, None, {"cancel_after": honoured})
+    engine = RunEngine(run, "task")
+    assert engine.is_cancelled() is False
+    time.sleep(0.01)
+    runs.request_cancel("stop, please")
+    assert engine.is_cancelled() is False  # read at most once a second
+    time.sleep(1.05)
+    assert engine.is_cancelled() is True
