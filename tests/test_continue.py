@@ -109,3 +109,16 @@ def test_twelve_thousand_tasks_in_chunks_under_the_budget_killed_once(ray_sessio
         index = JournalIndex(RunStore(store, "ChunkedApp", run_id).load_journal())
         assert index.executions <= 5_000
         assert sum(1 for k in index.tasks if k.startswith("work:")) == 3_000
+
+
+def test_replay_of_a_continued_run_reports_the_continuation_input(ray_session, tmp_path,
+                                                                  file_store):
+    from application_sdk.testing import replay
+
+    run_app(f.ChunkedApp, {"folder": str(tmp_path), "total": 4, "chunk": 2},
+            run_id="replayed", store=file_store)
+    report = replay(f.ChunkedApp, "replayed", store=file_store)
+    assert not report.divergent and report.replayed == 2
+    assert report.continued_with["offset"] == 2 and report.output is None
+    last = replay(f.ChunkedApp, "replayed.c1", store=file_store)
+    assert last.output["correlation_id"] == "replayed"  # self.context works in a replay
