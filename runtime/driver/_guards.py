@@ -178,11 +178,11 @@ _TRUSTED_DEPTH = 12
 def _profile(frame: types.FrameType, event: str, arg: Any) -> None:
     if event == "c_call":
         hit = _C_FORBIDDEN.get(arg)
-        if hit is not None and not _on_behalf_of_trusted(frame):
+        if hit is not None and _guarding() and not _on_behalf_of_trusted(frame):
             _refuse(*hit)
     elif event == "call":
         hit3 = _PY_FORBIDDEN.get(frame.f_code)
-        if hit3 is not None and not _on_behalf_of_trusted(frame.f_back) and \
+        if hit3 is not None and _guarding() and not _on_behalf_of_trusted(frame.f_back) and \
                 (hit3[2] is None or hit3[2](frame)):
             _refuse(hit3[0], hit3[1])
 
@@ -205,12 +205,10 @@ class _GuardedStep(collections.abc.Coroutine):
     def __init__(self, coro: Any) -> None:
         self._coro = coro
 
-    # A step that starts unguarded (the coroutine awaits the runtime's own code, which set
-    # ACTIVE to None) can end guarded: runtime_code() turns the profile function back on when
-    # it returns into run(). So every step restores the thread's profile function, or it
-    # would stay on after run() ended and refuse the caller's own open() (a failed run did).
+    # Both paths restore the profile function after the step: a step that starts inside
+    # runtime code (unguarded) may leave it, when that code ends mid-step, back in run()'s.
     def send(self, value: Any) -> Any:
-        previous = _outside(sys.getprofile())
+        previous = sys.getprofile()
         if _guarding():
             sys.setprofile(_profile)
         try:
@@ -219,7 +217,7 @@ class _GuardedStep(collections.abc.Coroutine):
             sys.setprofile(previous)
 
     def throw(self, *args: Any) -> Any:
-        previous = _outside(sys.getprofile())
+        previous = sys.getprofile()
         if _guarding():
             sys.setprofile(_profile)
         try:
@@ -235,11 +233,6 @@ class _GuardedStep(collections.abc.Coroutine):
 
     def __getattr__(self, name: str) -> Any:  # cr_frame, cr_code, ... for asyncio's repr
         return getattr(self._coro, name)
-
-
-def _outside(profile: Any) -> Any:
-    """The profile function to restore after a step: never the guard itself."""
-    return None if profile is _profile else profile
 
 
 _factories: dict[asyncio.AbstractEventLoop, tuple[Any, int]] = {}
