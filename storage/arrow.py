@@ -252,8 +252,9 @@ def local_path(ref: FileReference, *, store: Store | str | None = None,
             + (f"; it is stored at {where}: pass store=... (the run's store) to read it"
                if ref.is_durable else ""))
     raise FileNotFoundError(
-        f"reference to {where} has no local file here: outside a task, pass the run's "
-        "store (read_table(ref, store='s3://bucket/prefix'))")
+        f"reference to {where} has no local file here: the runtime materializes references "
+        "in a task's Input; outside a task, pass the run's store "
+        "(read_table(ref, store='s3://bucket/prefix'))")
 
 
 def _reads_cache() -> str:
