@@ -83,7 +83,7 @@ def execute(
         inp = _files.before_task(inp, run, task_info)
         out = _event_loop().run_until_complete(spec.fn(app, inp))
         if isinstance(out, spec.output_type):
-            out = _files.after_task(out, run, task_info)
+            out = _files.after_task(runtime.reuse_uploaded(out), run, task_info)
     finally:
         runtime.stop()
         _context.app_context.reset(ctx_token)

@@ -45,7 +45,8 @@ from ._files import _references, _walk, after_task, before_task
 if TYPE_CHECKING:
     from application_sdk._context import TaskInfo
 
-__all__ = ["checkpoint_key", "materialize_value", "read_checkpoint", "write_checkpoint"]
+__all__ = ["checkpoint_key", "materialize_value", "read_checkpoint", "reuse_uploaded",
+           "write_checkpoint"]
 
 
 class _Files(BaseModel):
@@ -67,21 +68,22 @@ def _stamp(path: str) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _reuse(value: Any, uploaded: dict[str, tuple[tuple[int, ...] | None, FileReference]]) -> Any:
-    """`value` with local references to files uploaded before (and unchanged) replaced by the
-    durable references made then; every local one is TRANSIENT (checkpoints are progress)."""
+def reuse_uploaded(value: Any, uploaded: dict[str, Any], checkpoint: bool = False) -> Any:
+    """`value` with local references to files a checkpoint uploaded before (unchanged since,
+    and of the same tier) replaced by the durable references made then, so a file is uploaded
+    once however often it is beaten and when the task finally returns it. In a `checkpoint`,
+    every other local reference becomes TRANSIENT (checkpoints are progress)."""
 
     def swap(ref: FileReference, _path: str) -> FileReference:
         if ref.is_durable or not ref.local_path or not ref.auto_materialize:
             return ref
+        tier = StorageTier.TRANSIENT if checkpoint else ref.tier
         seen = uploaded.get(ref.local_path)
-        if seen is not None and seen[0] == _stamp(ref.local_path):
+        if seen is not None and seen[1].tier is tier and seen[0] == _stamp(ref.local_path):
             return seen[1]
-        if ref.tier is not StorageTier.TRANSIENT:
-            return ref.model_copy(update={"tier": StorageTier.TRANSIENT})
-        return ref
+        return ref if ref.tier is tier else ref.model_copy(update={"tier": tier})
 
-    return _walk(value, swap, "")
+    return _walk(value, swap, "") if uploaded or checkpoint else value
 
 
 def _remember(before: Any, after: Any, uploaded: dict[str, Any]) -> None:
@@ -95,12 +97,12 @@ def write_checkpoint(run: RunContext, info: TaskInfo, details: BaseModel | None,
                      uploaded: dict[str, Any]) -> dict[str, Any] | None:
     """Persist the files (and references in `details`), then write the checkpoint; the
     details as recorded (JSON), for the heartbeat monitor."""
-    holder = _reuse(_Files(files=files), uploaded)
+    holder = reuse_uploaded(_Files(files=files), uploaded, checkpoint=True)
     stored_files = after_task(holder, run, info)  # type: ignore[arg-type]
     _remember(holder, stored_files, uploaded)
     payload = None
     if details is not None:
-        local = _reuse(details, uploaded)
+        local = reuse_uploaded(details, uploaded, checkpoint=True)
         stored = after_task(local, run, info)  # type: ignore[arg-type]
         _remember(local, stored, uploaded)
         payload = stored.model_dump(mode="json")

@@ -30,7 +30,7 @@ from application_sdk import _context
 from application_sdk.contracts import FileReference, HeartbeatDetails
 
 from .._runcontext import NAMESPACE, RunContext
-from ._checkpoint import materialize_value, read_checkpoint, write_checkpoint
+from ._checkpoint import materialize_value, read_checkpoint, reuse_uploaded, write_checkpoint
 from ._cleanup import cleanup_scratch, cleanup_transient
 
 __all__ = ["WorkerTaskRuntime"]
@@ -138,6 +138,11 @@ class WorkerTaskRuntime:
             found = read_checkpoint(self.context, self.call_key)
             self._previous = found if found is not None else (self.journaled, [])
         return self._previous
+
+    def reuse_uploaded(self, value: Any) -> Any:
+        """`value` (the task's output) with files this attempt's checkpoints uploaded already
+        given as the durable references made then (no second upload)."""
+        return reuse_uploaded(value, self._uploaded)
 
     def materialize(self, value: Any, force: bool = False) -> Any:
         return materialize_value(value, self.context, _context.current_task(), force)
