@@ -1,4 +1,4 @@
-"""`connector-runtime`: run, resume, status, list, cancel (and gc, demo).
+"""`connector-runtime`: run, resume, status, list, cancel, files (and gc, demo, serve).
 
 stdout carries only results (the run's Output as JSON, as the last thing printed); progress and
 logs go to stderr, so `ray job logs` and shell pipelines both work. Exit codes: 0 success,
