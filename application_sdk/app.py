@@ -529,6 +529,13 @@ class App:
                             f"{type(details).__qualname__}")
         refs = [f if isinstance(f, FileReference) else FileReference.from_local(f)
                 for f in files or ()]
+        if details is not None:
+            size = len(details.__pydantic_serializer__.to_json(details))
+            if size > type(self).payload_limit_bytes:
+                raise PayloadTooLargeError(
+                    f"heartbeat details of task {info.task_name} are {size / 2**20:.1f} MiB, "
+                    f"over the {type(self).payload_limit_bytes / 2**20:.0f} MiB payload limit: "
+                    "checkpoint a position (a page, a cursor) and pass the data as files=")
         if info.runtime is not None:
             info.runtime.heartbeat(details, refs)
 

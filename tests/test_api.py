@@ -15,7 +15,7 @@ import runtime
 import storage
 from application_sdk import errors
 from application_sdk.app import App, RetryPolicy, entrypoint, task
-from application_sdk.contracts import Input, Output
+from application_sdk.contracts import HeartbeatDetails, Input, Output
 
 
 class In(Input):
@@ -431,3 +431,26 @@ def test_a_change_called_compatible_reads_every_old_record(shapes, data):
     added_required = {k for k, (_, has) in shapes[1].items() if k not in shapes[0] and not has}
     if removed or added_required:
         assert not ok
+
+
+class Big(HeartbeatDetails, allow_unbounded_fields=True):
+    rows: list[str] = []
+
+
+class Beating(App):
+    payload_limit_bytes = 1000
+
+    @task
+    async def beat(self, input: In) -> Out:
+        self.heartbeat(Big(rows=["x" * 10] * input.x))
+        return Out(y=input.x)
+
+    async def run(self, input: In) -> Out: ...
+
+
+def test_heartbeat_details_over_the_payload_limit_are_refused_naming_the_task():
+    from application_sdk.testing import run_task
+
+    assert run_task(Beating, "beat", {"x": 10}).heartbeats[0]["rows"][0] == "x" * 10
+    with pytest.raises(errors.PayloadTooLargeError, match="heartbeat details of task beat"):
+        run_task(Beating, "beat", {"x": 500})
