@@ -42,9 +42,9 @@ class TaskRuntime(Protocol):
         """The last checkpoint an earlier attempt of this call made (details, files)."""
         ...
 
-    def materialize(self, value: Any) -> Any:
+    def materialize(self, value: Any, force: bool = False) -> Any:
         """`value` (a FileReference or a model holding some) with durable references
-        downloaded to this node (unless `auto_materialize=False`)."""
+        downloaded to this node (`auto_materialize=False` ones only with `force`)."""
         ...
 
     def cleanup_files(self) -> int: ...

@@ -56,7 +56,7 @@ class _RecordingRuntime:
     def last_heartbeat(self) -> tuple[dict[str, Any] | None, list[FileReference]]:
         return self.previous
 
-    def materialize(self, value: Any) -> Any:
+    def materialize(self, value: Any, force: bool = False) -> Any:
         return value  # in-process: local paths are already here
 
     def cleanup_files(self) -> int:

@@ -325,3 +325,12 @@ def test_a_task_sees_a_cancellation_request_made_after_its_run_started(tmp_path)
     assert engine.is_cancelled() is False  # read at most once a second
     time.sleep(1.05)
     assert engine.is_cancelled() is True
+
+
+def test_files_download_names_from_records_stay_inside_the_folder(tmp_path):
+    from runtime.cli._files import _safe_name
+
+    for hostile in ("..", ".", "../../etc", ".hidden", "", "a/b"):
+        name = _safe_name(hostile)
+        assert name and "/" not in name and not name.startswith(".")
+        assert os.path.dirname(os.path.join(str(tmp_path), name)) == str(tmp_path)

@@ -21,6 +21,8 @@ from application_sdk.contracts import FileReference
 from application_sdk.errors import StorageIntegrityError
 from storage import PathRefusedError, RunStatus, Store, StoreError, materialize
 
+from .._runcontext import safe_component
+
 __all__ = ["cmd_files", "output_references"]
 
 
@@ -48,15 +50,21 @@ def _row(field: str, ref: FileReference, store: Store) -> dict[str, Any]:
             "tier": ref.tier.value, "sha256": ref.sha256, "present": present}
 
 
+def _safe_name(name: str) -> str:
+    name = safe_component(name).lstrip(".")
+    return name or "data"
+
+
 def _download(store: Store, refs: list[tuple[str, FileReference]], folder: str) -> list[str]:
     os.makedirs(folder, exist_ok=True)
-    names = [os.path.basename((r.storage_path or "").rstrip("/")) or "data" for _, r in refs]
+    # names come from store records: one safe path component each, never `..` or a path
+    names = [_safe_name(os.path.basename((r.storage_path or "").rstrip("/"))) for _, r in refs]
     targets = []
     cache = tempfile.mkdtemp(prefix=".connector-runtime-fetch-", dir=folder)
     try:
         for (field, ref), name in zip(refs, names, strict=True):
             if names.count(name) > 1:
-                name = f"{field}-{name}"
+                name = _safe_name(f"{field}-{name}")
             target = os.path.join(folder, name)
             if os.path.lexists(target):
                 raise StoreError(f"--download: {target} exists; choose an empty folder")
