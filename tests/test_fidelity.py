@@ -153,9 +153,12 @@ def test_secret_from_the_run_folder_never_reaches_store_or_log(ray_session, tmp_
 # ---- heartbeats -----------------------------------------------------------------------------
 
 
-def test_retry_gets_the_pages_its_predecessor_checkpointed(ray_session, tmp_path, file_store):
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_retry_gets_the_pages_its_predecessor_checkpointed(ray_session, tmp_path, request,
+                                                           backend):
+    store = str(tmp_path / "store") if backend == "file" else request.getfixturevalue("s3_url")
     out = run_app(f.CheckpointApp, {"folder": str(tmp_path), "pages": 6, "crash_at": 3},
-                  run_id="pages", store=file_store)
+                  run_id="pages", store=store)
     fetched = lines(tmp_path / "fetched")
     assert fetched == ["0 1", "1 1", "2 1", "3 2", "4 2", "5 2"]  # each page fetched once
     assert (out.resumed_at, out.files_back, out.rows) == (3, 1, 60)
@@ -165,7 +168,7 @@ def test_retry_gets_the_pages_its_predecessor_checkpointed(ray_session, tmp_path
     # not again when the task returned it
     assert all(p.is_durable and "/files.0/page-" in p.storage_path for p in out.parts)
     # the checkpoints went with the run: nothing TRANSIENT is left after it completed
-    assert open_store(file_store).list("runs/CheckpointApp/pages/files") == []
+    assert open_store(store).list("runs/CheckpointApp/pages/files") == []
 
 
 def test_auto_heartbeat_none_task_silent_while_alive_fails_and_is_retried(ray_session,
