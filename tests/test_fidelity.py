@@ -337,3 +337,23 @@ def test_files_download_names_from_records_stay_inside_the_folder(tmp_path):
         name = _safe_name(hostile)
         assert name and "/" not in name and not name.startswith(".")
         assert os.path.dirname(os.path.join(str(tmp_path), name)) == str(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_checkpoint_counts_as_missing_not_as_progress(tmp_path, damage):
+    from runtime._runcontext import RunContext
+    from runtime.worker._checkpoint import checkpoint_key, read_checkpoint
+    from storage import encode
+
+    run = RunContext("r1", "App", str(tmp_path / "store"))
+    key = checkpoint_key(run, "fetch:abc:0")
+    data = encode({"a": 1, "d": {"page": 41}, "f": [], "t": 0.0})
+    run.store().write(key, data)
+    assert read_checkpoint(run, "fetch:abc:0") == ({"page": 41}, [])
+    bad = bytearray(data)
+    if damage == "flip":
+        bad[-2] ^= 0x01
+    else:
+        del bad[len(bad) // 2:]
+    run.store().write(key, bytes(bad))
+    assert read_checkpoint(run, "fetch:abc:0") is None  # start over, never a wrong page

@@ -30,6 +30,7 @@ lost), and it reads beats once a second.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from application_sdk.contracts import BoundedList, FileReference, StorageTier
-from storage import decode, encode, tier_prefix
+from storage import CorruptRecordError, decode, encode, tier_prefix
 
 from .._runcontext import RunContext, safe_component
 from ._files import _references, _walk, after_task, before_task
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = ["checkpoint_key", "materialize_value", "read_checkpoint", "reuse_uploaded",
            "write_checkpoint"]
+
+log = logging.getLogger("connector_runtime")
 
 
 class _Files(BaseModel):
@@ -119,7 +122,12 @@ def read_checkpoint(run: RunContext, call_key: str,
     data = run.store().read(key)
     if data is None:
         return None
-    record = decode(data, key)
+    try:
+        record = decode(data, key)
+    except CorruptRecordError as exc:  # as any torn record: missing, the attempt starts over
+        log.warning("heartbeat checkpoint %s is corrupt (%s): the attempt starts without it",
+                    key, exc)
+        return None
     return record.get("d"), [FileReference.model_validate(f) for f in record.get("f") or ()]
 
 
