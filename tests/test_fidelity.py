@@ -357,3 +357,21 @@ def test_a_damaged_checkpoint_counts_as_missing_not_as_progress(tmp_path, damage
         del bad[len(bad) // 2:]
     run.store().write(key, bytes(bad))
     assert read_checkpoint(run, "fetch:abc:0") is None  # start over, never a wrong page
+
+
+def test_a_local_ray_run_says_nothing_about_token_authentication(tmp_path, file_store):
+    """A Ray of the runtime's own (no RAY_ADDRESS): Ray's notice that token authentication is
+    enabled tells an author nothing; attached to a cluster, Ray's notices are kept."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["PYTHONPATH"] = os.getcwd()
+    res = subprocess.run(
+        [sys.executable, "-m", "runtime", "run", "tests.apps.seed:MyConnectorFirst",
+         "--input", json.dumps({"connection_id": "c"}), "--run-id", "local",
+         "--store", file_store], env=env, capture_output=True, text=True, timeout=180,
+        cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.splitlines()[-1]) == {"rows_extracted": 42}
+    assert "Token authentication" not in res.stderr
