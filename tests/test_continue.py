@@ -122,3 +122,11 @@ def test_replay_of_a_continued_run_reports_the_continuation_input(ray_session, t
     assert report.continued_with["offset"] == 2 and report.output is None
     last = replay(f.ChunkedApp, "replayed.c1", store=file_store)
     assert last.output["correlation_id"] == "replayed"  # self.context works in a replay
+
+
+def test_a_continuation_input_holding_this_runs_files_is_refused(ray_session, file_store):
+    with pytest.raises(RunFailedError) as info:
+        run_app(f.HandoverApp, {}, run_id="handover", store=file_store)
+    assert isinstance(info.value.__cause__, InputValidationError)
+    assert "a continuation reads only its own objects" in str(info.value)
+    assert [r.run_id for r in list_runs(open_store(file_store), "HandoverApp")] == ["handover"]

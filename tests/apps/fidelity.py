@@ -327,3 +327,21 @@ class FilesApp(App):
         if seen.local_at_start or seen.rows != input.n:
             raise NonRetryableError(f"lazy reference was not lazy: {seen}")
         return out
+
+
+class Handover(Input):
+    data: FileReference | None = None
+
+
+class HandoverApp(App):
+    """continue_with an input holding a file of this run: refused (its TRANSIENT objects go
+    when it ends, and a continuation reads only its own)."""
+
+    @task
+    async def make(self, input: Rows) -> Table:
+        return Table(data=arrow.write_table(pa.table({"i": [1, 2]}), name="handover"))
+
+    async def run(self, input: Handover) -> Table:
+        out = await self.make(Rows(n=2))
+        self.continue_with(Handover(data=out.data))
+        return out
