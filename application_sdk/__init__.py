@@ -1,17 +1,29 @@
 """The App Framework API: everything a connector author imports."""
 
-from .app import App, RetryPolicy, entrypoint, now, random, task, uuid4
-from .contracts import FileReference, HeartbeatDetails, Input, Output, StorageTier
-from .errors import NonRetryableError
+from ._appcontext import AppContext
+from .app import NO_RETRY, App, RetryPolicy, entrypoint, now, random, task, uuid4
+from .contracts import (
+    FileReference,
+    HeartbeatDetails,
+    Input,
+    Output,
+    OutputStatus,
+    StorageTier,
+)
+from .errors import NonRetryableError, RetryableError
 
 __all__ = [
+    "NO_RETRY",
     "App",
+    "AppContext",
     "FileReference",
     "HeartbeatDetails",
     "Input",
     "NonRetryableError",
     "Output",
+    "OutputStatus",
     "RetryPolicy",
+    "RetryableError",
     "StorageTier",
     "entrypoint",
     "now",

@@ -3,7 +3,9 @@
 `application_sdk` holds definitions only. An engine installs an orchestrator while `run()`
 executes and a task context while a task executes; both are contextvars so they are scoped to
 the coroutine that runs the app and never leak into the engine's own code. Contextvars do not
-cross processes: the engine sets the task context in the worker's entry point.
+cross processes: the engine sets the task context in the worker's entry point. The run's
+`AppContext` (what `self.context` answers) is a third contextvar, installed by the driver for
+run(), entry points and on_complete(), and by the worker for each task attempt.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._appcontext import AppContext
     from .app import App, TaskSpec
-    from .contracts import HeartbeatDetails, Input, Output
+    from .contracts import FileReference, HeartbeatDetails, Input, Output
 
 
 class Orchestrator(Protocol):
@@ -28,7 +33,19 @@ class Orchestrator(Protocol):
 class TaskRuntime(Protocol):
     """What the engine provides to a running task."""
 
-    def heartbeat(self, details: dict[str, Any] | None) -> None: ...
+    def heartbeat(self, details: HeartbeatDetails | None,
+                  files: Sequence[FileReference] = ()) -> None:
+        """Liveness, and with details or files a checkpoint durable before this returns."""
+        ...
+
+    def last_heartbeat(self) -> tuple[dict[str, Any] | None, list[FileReference]]:
+        """The last checkpoint an earlier attempt of this call made (details, files)."""
+        ...
+
+    def materialize(self, value: Any, force: bool = False) -> Any:
+        """`value` (a FileReference or a model holding some) with durable references
+        downloaded to this node (`auto_materialize=False` ones only with `force`)."""
+        ...
 
     def cleanup_files(self) -> int: ...
 
@@ -62,18 +79,43 @@ orchestrator: contextvars.ContextVar[Orchestrator | None] = contextvars.ContextV
 task_info: contextvars.ContextVar[TaskInfo | None] = contextvars.ContextVar(
     "application_sdk_task_info", default=None
 )
+app_context: contextvars.ContextVar[AppContext | None] = contextvars.ContextVar(
+    "application_sdk_app_context", default=None
+)
+
+
+class ContinueAsNew(BaseException):
+    """Raised by `App.continue_with(input)`: run() ends here and the run continues as a new
+    one with `input`. A BaseException, so `except Exception` in run() cannot swallow it."""
+
+    def __init__(self, input: Any) -> None:
+        super().__init__("continue_with")
+        self.input = input
 
 
 def current_task() -> TaskInfo:
     info = task_info.get()
     if info is None:
-        raise RuntimeError(
+        from .errors import AppContextError
+
+        raise AppContextError(
             "not inside a task: heartbeats, heartbeat details and scratch_dir exist only while "
             "a @task method runs"
         )
     return info
 
 
+def last_heartbeat() -> tuple[dict[str, Any] | None, list[FileReference]]:
+    info = current_task()
+    if info.runtime is None:
+        return info.heartbeat_details, []
+    return info.runtime.last_heartbeat()
+
+
 def heartbeat_details_as(model: type[HeartbeatDetails]) -> HeartbeatDetails | None:
-    details = current_task().heartbeat_details
-    return None if details is None else model.model_validate(details)
+    details, _ = last_heartbeat()
+    if details is None:
+        return None
+    value = model.model_validate(details)
+    runtime = current_task().runtime
+    return value if runtime is None else runtime.materialize(value)

@@ -11,13 +11,15 @@ import os
 import random as _random
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from . import _context
-from .contracts import HeartbeatDetails, Input, Output
+from ._appcontext import AppContext
+from .contracts import FileReference, HeartbeatDetails, Input, Output, OutputStatus
 from .errors import (
+    AppContextError,
     AppError,
     ContractError,
     DefinitionError,
@@ -25,6 +27,7 @@ from .errors import (
     NonRetryableError,
     PayloadSafetyError,
     PayloadTooLargeError,
+    RetryableError,
     RunCancelledError,
     RunFailedError,
     StorageIntegrityError,
@@ -34,18 +37,25 @@ from .errors import (
 )
 
 __all__ = [
+    "NO_RETRY",
     "App",
+    "AppContext",
+    "AppContextError",
     "AppError",
     "CleanupInput",
     "CleanupOutput",
     "ContractError",
     "DefinitionError",
     "EntrypointSpec",
+    "Input",
     "NonRetryableError",
     "NondeterminismError",
+    "Output",
+    "OutputStatus",
     "PayloadSafetyError",
     "PayloadTooLargeError",
     "RetryPolicy",
+    "RetryableError",
     "RunCancelledError",
     "RunFailedError",
     "StorageIntegrityError",
@@ -66,22 +76,34 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 _MISSING = object()
 
 
+def _seconds(value: float | timedelta, what: str) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"RetryPolicy.{what} must be seconds (a number) or a timedelta, got "
+                        f"{type(value).__name__}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How a failed task attempt is retried."""
+    """How a failed task attempt is retried. Intervals are seconds; a `datetime.timedelta`
+    is accepted too (the published SDK's spelling) and kept as seconds."""
 
     max_attempts: int = 3
     """Attempts in all, the first included; 1 means no retry."""
     initial_interval: float = 1.0
-    """Seconds to wait before the first retry."""
+    """Seconds to wait before the first retry (or a timedelta)."""
     backoff_coefficient: float = 2.0
     """Each further wait is the previous one times this."""
     max_interval: float = 300.0
-    """Cap on any one wait, in seconds."""
+    """Cap on any one wait, in seconds (or a timedelta)."""
     non_retryable_errors: tuple[str | type[BaseException], ...] = ()
     """Error types (classes or class names) that fail the task at once."""
 
     def __post_init__(self) -> None:
+        for what in ("initial_interval", "max_interval"):
+            object.__setattr__(self, what, _seconds(getattr(self, what), what))
         if self.max_attempts < 1:
             raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
         if self.initial_interval < 0 or self.max_interval < 0:
@@ -89,6 +111,18 @@ class RetryPolicy:
         if self.backoff_coefficient < 1:
             raise ValueError("RetryPolicy.backoff_coefficient must be >= 1")
         object.__setattr__(self, "non_retryable_errors", tuple(self.non_retryable_errors))
+
+    def with_max_attempts(self, max_attempts: int) -> RetryPolicy:
+        """This policy with another `max_attempts`."""
+        return replace(self, max_attempts=max_attempts)
+
+    def with_initial_interval(self, interval: float | timedelta) -> RetryPolicy:
+        """This policy with another `initial_interval`."""
+        return replace(self, initial_interval=interval)
+
+    def with_non_retryable(self, *error_types: str | type[BaseException]) -> RetryPolicy:
+        """This policy with more `non_retryable_errors`."""
+        return replace(self, non_retryable_errors=(*self.non_retryable_errors, *error_types))
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
@@ -102,6 +136,10 @@ class RetryPolicy:
             if name in error_types:
                 return True
         return False
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+"""One attempt, no retry: `@task(retry_policy=NO_RETRY)`."""
 
 
 @dataclass(frozen=True)
@@ -324,7 +362,7 @@ class CleanupInput(Input):
     """Input of the built-in cleanup tasks; filled in by the runtime."""
 
     outcome: str = ""
-    """How run() ended: "completed", "failed" or "cancelled"."""
+    """How run() ended: "completed", "failed", "cancelled" or "continued" (continue_with)."""
 
 
 class CleanupOutput(Output):
@@ -340,8 +378,13 @@ class App:
     """
 
     name: ClassVar[str] = "App"
-    version: ClassVar[int] = 1
-    """Bump when run() changes on purpose: divergence from old journals becomes a warning."""
+    version: ClassVar[int | str] = 1
+    """Bump when run() changes on purpose: divergence from old journals becomes a warning.
+    An int, or a dotted version string ("1.2.0", as the published SDK spells it)."""
+    _app_name: ClassVar[str] = "App"
+    """The SDK's name for `name` (the same value)."""
+    _app_version: ClassVar[str] = "1"
+    """The SDK's name for `version`, as text."""
     passthrough_modules: ClassVar[tuple[str, ...]] = ()
     max_task_executions: ClassVar[int] = 5_000
     """Task budget of one run (attempts included)."""
@@ -361,6 +404,8 @@ class App:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             cls.name = name or cls.__name__
+        cls._app_name = cls.name
+        cls._app_version = str(cls.version)
         if passthrough_modules is not None:
             cls.passthrough_modules = tuple(passthrough_modules)
         else:
@@ -439,18 +484,72 @@ class App:
                 f"pass a {spec.input_type.__qualname__}"
             ) from exc
 
+    # ---- inside run() and tasks ------------------------------------------------------------
+
+    @property
+    def context(self) -> AppContext:
+        """The run's AppContext (ids, logger, cancellation, state, secrets): inside run(),
+        entry points, on_complete() and tasks."""
+        ctx = _context.app_context.get()
+        if ctx is None:
+            raise AppContextError(
+                f"{type(self).__qualname__}.context exists only while the app runs (in run(), "
+                "an entry point, on_complete() or a @task), not in __init__ or a plain call: "
+                "start it with runtime.run_app or application_sdk.testing.run_task")
+        return ctx
+
+    @property
+    def logger(self) -> Any:
+        """`self.context.logger`: bound to run, task and attempt, quiet while run() replays."""
+        return self.context.logger
+
+    def continue_with(self, input: Input | dict[str, Any]) -> NoReturn:
+        """End this run here and continue as a new run of the same entry point with `input`
+        and a fresh journal (and task budget), chained to this one: same workflow and
+        correlation id. Only in run() or an entry point; it does not return."""
+        orchestrator = _context.orchestrator.get()
+        if orchestrator is None or _context.task_info.get() is not None \
+                or getattr(orchestrator, "outcome", ""):
+            raise AppContextError(
+                "continue_with() works only in run() (or an entry point): not in a task, in "
+                "on_complete() or outside a run")
+        raise _context.ContinueAsNew(input)
+
     # ---- inside a task -------------------------------------------------------------------
 
-    def heartbeat(self, details: HeartbeatDetails | None = None) -> None:
-        """Record progress; the next attempt of this call can read it back."""
+    def heartbeat(self, details: HeartbeatDetails | None = None,
+                  files: list[FileReference | str | os.PathLike[str]] | None = None) -> None:
+        """Record liveness and progress. With details (or files) it is a checkpoint, durable
+        in the store before this returns: the next attempt of this call - after a crash of
+        the worker, the node or the driver - reads it back with get_heartbeat_details (and
+        get_heartbeat_files). Files (local paths or FileReferences) are uploaded with it."""
         info = _context.current_task()
-        payload = None if details is None else details.model_dump(mode="json")
+        if details is not None and not isinstance(details, HeartbeatDetails):
+            raise TypeError(f"heartbeat() takes a HeartbeatDetails instance, got "
+                            f"{type(details).__qualname__}")
+        refs = [f if isinstance(f, FileReference) else FileReference.from_local(f)
+                for f in files or ()]
+        if details is not None:
+            size = len(details.__pydantic_serializer__.to_json(details))
+            if size > type(self).payload_limit_bytes:
+                raise PayloadTooLargeError(
+                    f"heartbeat details of task {info.task_name} are {size / 2**20:.1f} MiB, "
+                    f"over the {type(self).payload_limit_bytes / 2**20:.0f} MiB payload limit: "
+                    "checkpoint a position (a page, a cursor) and pass the data as files=")
         if info.runtime is not None:
-            info.runtime.heartbeat(payload)
+            info.runtime.heartbeat(details, refs)
 
     def get_heartbeat_details(self, model: type[HeartbeatDetails]) -> HeartbeatDetails | None:
-        """The last details an earlier attempt of this call recorded, as `model`, or None."""
+        """The last details an earlier attempt of this call recorded, as `model` (unknown keys
+        ignored), or None. FileReferences in them are materialized on this node."""
         return _context.heartbeat_details_as(model)
+
+    def get_heartbeat_files(self) -> list[FileReference]:
+        """The files the last checkpoint of an earlier attempt carried (`heartbeat(...,
+        files=)`), materialized on this node; [] when there are none."""
+        _, files = _context.last_heartbeat()
+        runtime = _context.current_task().runtime
+        return [runtime.materialize(f) for f in files] if runtime is not None else files
 
     @property
     def scratch_dir(self) -> str:

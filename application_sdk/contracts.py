@@ -9,38 +9,67 @@ as a `ContractError` on replay instead of silently dropping recorded data.
 from __future__ import annotations
 
 import enum
+import os
 import threading
 import types
 import typing
 import warnings
 from collections import abc
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, TypeVar
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Secret, SecretBytes, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Secret,
+    SecretBytes,
+    SecretStr,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
-from .errors import ContractError, DefinitionError, PayloadSafetyError
+from .errors import ContractError, ContractValidationError, DefinitionError, PayloadSafetyError
 
 __all__ = [
     "BoundedList",
+    "ContractValidationError",
     "FileReference",
     "HeartbeatDetails",
     "Input",
     "MaxItems",
     "Output",
+    "OutputStatus",
+    "PayloadSafetyError",
     "StorageTier",
     "assert_backwards_compatible",
+    "has_default",
+    "is_backwards_compatible",
+    "validate_payload_safety",
 ]
 
 
-def MaxItems(max_items: int) -> annotated_types.MaxLen:
-    """Bound of a list, set or dict field: `Annotated[list[str], MaxItems(100)]`.
+@dataclass(frozen=True, init=False)
+class MaxItems(annotated_types.GroupedMetadata):
+    """Bound of a list, set or dict field: `Annotated[list[str], MaxItems(100)]` (or
+    `MaxItems(limit=100)`). `.limit` is the bound.
 
-    Enforced when the model is validated (it is pydantic's max_length), so an oversized value
-    fails where it is built, not later as a payload-size error.
+    Enforced when the model is validated (it stands for pydantic's max_length), so an
+    oversized value fails where it is built, not later as a payload-size error.
     """
-    return annotated_types.MaxLen(max_items)
+
+    limit: int
+    """The most items the field may hold."""
+
+    def __init__(self, limit: int | None = None, *, max_items: int | None = None) -> None:
+        value = limit if limit is not None else max_items
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TypeError(f"MaxItems(limit=...) takes a whole number >= 0, got {value!r}")
+        object.__setattr__(self, "limit", value)
+
+    def __iter__(self) -> abc.Iterator[annotated_types.MaxLen]:
+        yield annotated_types.MaxLen(self.limit)
 
 
 T = TypeVar("T")
@@ -53,7 +82,7 @@ _COLLECTIONS = {list, set, frozenset, dict, abc.Sequence, abc.MutableSequence, a
 
 
 def _is_bound(meta: Any) -> bool:
-    if isinstance(meta, annotated_types.MaxLen):
+    if isinstance(meta, annotated_types.MaxLen | MaxItems):
         return True
     return isinstance(meta, FieldInfo) and any(_is_bound(m) for m in meta.metadata)
 
@@ -92,9 +121,12 @@ def _unsafe(tp: Any, bounded: bool, seen: set[int]) -> str | None:
     return None
 
 
-def check_payload_safety(cls: type[BaseModel]) -> None:
+def check_payload_safety(cls: type[BaseModel], skip_fields: abc.Iterable[str] = ()) -> None:
     """Refuse fields that could carry unbounded payloads (PayloadSafetyError)."""
+    skip = set(skip_fields)
     for name, field in cls.model_fields.items():
+        if name in skip:
+            continue
         bounded = any(_is_bound(m) for m in field.metadata)
         why = _unsafe(field.annotation, bounded, {id(cls)})
         if why:
@@ -120,12 +152,39 @@ class _Contract(BaseModel):
             check_payload_safety(cls)
 
 
-def assert_backwards_compatible(old: type[BaseModel], new: type[BaseModel]) -> None:
-    """Raise ContractError if records written with `old` may not validate as `new`.
+def _require_contract(cls: Any, what: str) -> type[BaseModel]:
+    if not (isinstance(cls, type) and issubclass(cls, _Contract | FileReference)):
+        shown = getattr(cls, "__qualname__", None) or type(cls).__qualname__
+        raise ContractValidationError(
+            f"{what} must be a contract class (an Input, Output or HeartbeatDetails "
+            f"subclass), got {shown}")
+    return cls
+
+
+def validate_payload_safety(cls: type[BaseModel], *,
+                            skip_fields: abc.Iterable[str] | None = None) -> None:
+    """Raise PayloadSafetyError if a field of `cls` (other than `skip_fields`) could carry an
+    unbounded payload; the check every contract class gets when it is defined."""
+    check_payload_safety(_require_contract(cls, "validate_payload_safety: cls"),
+                         skip_fields or ())
+
+
+def has_default(cls: type[BaseModel], field_name: str) -> bool:
+    """Whether `cls` has a field `field_name` with a default (False when it has no such
+    field)."""
+    field = _require_contract(cls, "has_default: cls").model_fields.get(field_name)
+    return field is not None and not field.is_required()
+
+
+def is_backwards_compatible(old: type[BaseModel],
+                            new: type[BaseModel]) -> tuple[bool, list[str]]:
+    """(True, []) if records written with `old` validate as `new`, else (False, reasons).
 
     Allowed: adding a field with a default. Breaking: adding a required field, removing or
     renaming a field, changing a field's type (make a V2 model instead).
     """
+    _require_contract(old, "is_backwards_compatible: old")
+    _require_contract(new, "is_backwards_compatible: new")
     problems = []
     for name, field in old.model_fields.items():
         if name not in new.model_fields:
@@ -136,7 +195,14 @@ def assert_backwards_compatible(old: type[BaseModel], new: type[BaseModel]) -> N
     for name, field in new.model_fields.items():
         if name not in old.model_fields and field.is_required():
             problems.append(f"field {name!r} was added without a default")
-    if problems:
+    return not problems, problems
+
+
+def assert_backwards_compatible(old: type[BaseModel], new: type[BaseModel]) -> None:
+    """Raise ContractError if records written with `old` may not validate as `new`
+    (`is_backwards_compatible`, as an assertion for a unit test)."""
+    ok, problems = is_backwards_compatible(old, new)
+    if not ok:
         raise ContractError(
             f"{new.__qualname__} is not backwards compatible with {old.__qualname__}: "
             + "; ".join(problems) + ". Add fields with defaults only, or make a new (V2) model"
@@ -217,10 +283,32 @@ class Input(_Contract):
         return data
 
 
+class OutputStatus(enum.StrEnum):
+    """The coarse outcome an Output reports (`Output.status`)."""
+
+    SUCCESS = "success"
+    """The work was done."""
+    PARTIAL_SUCCESS = "partial_success"
+    """Usable output, with some non-fatal problems (entities skipped, say)."""
+    FAILURE = "failure"
+    """No usable output (the run itself may still have completed)."""
+
+
+def _is_success(value: Any) -> bool:
+    return value == OutputStatus.SUCCESS
+
+
 class Output(_Contract):
-    """Base class of everything a run or a task returns."""
+    """Base class of everything a run or a task returns.
+
+    Every Output has `status` (an `OutputStatus`, default SUCCESS). It is written out only
+    when it is not SUCCESS, so outputs recorded before the field existed, and outputs that
+    leave it alone, serialize exactly as they did (journals, printed JSON, call keys)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    status: OutputStatus = Field(default=OutputStatus.SUCCESS, exclude_if=_is_success)
+    """The coarse outcome: SUCCESS (default), PARTIAL_SUCCESS or FAILURE."""
 
 
 class HeartbeatDetails(_Contract):
@@ -240,10 +328,15 @@ class StorageTier(enum.StrEnum):
     """Never deleted by the runtime."""
 
 
-class FileReference(BaseModel):
-    """A file or a directory of files handed from one task to another instead of its bytes."""
+def _is_true(value: Any) -> bool:
+    return value is True
 
-    model_config = ConfigDict(extra="ignore")
+
+class FileReference(BaseModel):
+    """A file or a directory of files handed from one task to another instead of its bytes.
+    Frozen and hashable (a new reference is made with `model_copy(update=...)`)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     FORMATS: ClassVar[frozenset[str]] = frozenset({"arrow", "parquet", "jsonl", "csv", "other"})
 
@@ -259,3 +352,19 @@ class FileReference(BaseModel):
     size_bytes: int | None = None
     sha256: str | None = None
     format: str = "other"
+    auto_materialize: bool = Field(default=True, exclude_if=_is_true)
+    """True: the runtime uploads a local reference a task returns and downloads a durable one
+    before a task that takes it runs. False: the task does it when it wants
+    (`storage.arrow.read_table(ref)` / `local_path(ref)` inside a task fetch it then). Written
+    out only when False, so references serialize as they did before the field existed."""
+
+    @staticmethod
+    def from_local(path: str | os.PathLike[str], *,
+                   tier: StorageTier = StorageTier.TRANSIENT) -> FileReference:
+        """A local (not yet durable) reference to a file or a directory; `file_count` counts
+        a directory's files (1 when the path does not exist yet)."""
+        path = os.fspath(path)
+        count = 1
+        if os.path.isdir(path):
+            count = sum(len(files) for _, _, files in os.walk(path))
+        return FileReference(local_path=path, file_count=count, tier=StorageTier(tier))

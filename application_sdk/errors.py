@@ -7,8 +7,10 @@ re-raised in the driver. Subclasses therefore keep a single message argument.
 from __future__ import annotations
 
 __all__ = [
+    "AppContextError",
     "AppError",
     "ContractError",
+    "ContractValidationError",
     "DefinitionError",
     "HeartbeatTimeoutError",
     "NonRetryableError",
@@ -16,8 +18,11 @@ __all__ = [
     "PayloadSafetyError",
     "PayloadTooLargeError",
     "ProgressStalledError",
+    "RetryableError",
     "RunCancelledError",
     "RunFailedError",
+    "SecretNotFoundError",
+    "StateError",
     "StorageIntegrityError",
     "TaskBudgetExceededError",
     "TaskError",
@@ -39,10 +44,30 @@ class NonRetryableError(AppError):
     non_retryable = True
 
 
+class RetryableError(AppError):
+    """Raise from a task for a transient failure: retried per the task's RetryPolicy, as any
+    error that is not non-retryable is; the class says so where it is raised."""
+
+    non_retryable = False
+
+
+class AppContextError(AppError, RuntimeError):
+    """`self.context`, `self.logger`, a heartbeat or `continue_with` was used where it does not
+    exist (outside a run, outside a task, or in the wrong part of one)."""
+
+    non_retryable = True
+
+
 class DefinitionError(TypeError, AppError):
     """An App, task or contract class is defined wrongly (raised when the class is created)."""
 
     non_retryable = True
+
+
+class ContractValidationError(DefinitionError):
+    """Something that is not a contract class (`Input`, `Output`, `HeartbeatDetails`) was
+    passed to a contract helper (`is_backwards_compatible`, `has_default`,
+    `validate_payload_safety`)."""
 
 
 class PayloadSafetyError(DefinitionError):
@@ -78,7 +103,39 @@ class WorkerLostError(AppError):
 
 
 class RunFailedError(AppError):
-    """A run ended FAILED; the task's error (when there is one) is the `__cause__`."""
+    """A run ended FAILED; the task's error (when there is one) is the `__cause__`.
+
+    `task` is the task that failed the run (None when run() itself raised), `error_type` the
+    class name of the error that did, and `non_retryable` whether that error said retrying
+    cannot help (a NonRetryableError, a type in non_retryable_errors): resuming the run would
+    fail the same way until something changes. The same facts are in the run record's
+    `error` (what `status` shows)."""
+
+    def __init__(self, message: str, *, task: str | None = None, error_type: str = "",
+                 non_retryable: bool = False) -> None:
+        super().__init__(message)
+        self.task = task
+        self.error_type = error_type
+        self.non_retryable = non_retryable
+
+    def __reduce__(self):  # keep pickling working with the keyword-only facts
+        return (_run_failed, (self.args[0] if self.args else "", self.task, self.error_type,
+                              self.non_retryable))
+
+
+def _run_failed(message: str, task: str | None, error_type: str,
+                non_retryable: bool) -> RunFailedError:
+    return RunFailedError(message, task=task, error_type=error_type, non_retryable=non_retryable)
+
+
+class SecretNotFoundError(NonRetryableError):
+    """`get_secret(name)` found no such secret in the run's secret folder or the environment.
+    The message names the secret and where it looked, never a value."""
+
+
+class StateError(NonRetryableError):
+    """`save_state`/`load_state` was given a bad key or value (not JSON, too large), or called
+    where state cannot be written (in run(): it is I/O)."""
 
 
 class RunCancelledError(AppError):
@@ -95,7 +152,9 @@ class HeartbeatTimeoutError(AppError):
 
 class ProgressStalledError(HeartbeatTimeoutError):
     """With `enforce_progress`: the attempt beats but its heartbeat details stopped changing
-    for max_no_progress_seconds (its process lives; the task itself is stuck)."""
+    for max_no_progress_seconds (its process lives; the task itself is stuck). With
+    `auto_heartbeat_seconds=None`: the task's own heartbeat() calls stopped for
+    heartbeat_timeout_seconds. Spends the retry budget (the task's fault, not the node's)."""
 
 
 class TaskUnschedulableError(NonRetryableError):

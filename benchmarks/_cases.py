@@ -41,6 +41,7 @@ SIZES: dict[str, tuple[list[int], list[int]]] = {
     "sql": ([1_000_000, 5_000_000], [20_000]),
     "startup": ([5_000_000], [20_000]),
     "files": ([128, 1024], [4]),
+    "checkpoint": ([200], [20]),
     "jobs": ([100], [10]),
     "service": ([5], [5]),
 }
@@ -578,6 +579,7 @@ CASES: dict[str, CaseFn] = {
     "sql": _extra("sql"),
     "startup": _extra("startup"),
     "files": _extra("files"),
+    "checkpoint": _extra("checkpoint"),
     "jobs": _extra("jobs"),
     "service": _extra("service"),
 }

@@ -6,6 +6,8 @@
 - `benchmarks/bench_startup.py` (`run(demo_rows)`): time to the first task of
   `connector-runtime run` on a running Ray, and the whole demo (issue 17).
 - `benchmarks/bench_files.py` (`run(size_mb)`): the FileReference benchmark of issue 5.
+- `benchmarks/bench_checkpoint.py` (`run(beats)`): what a durable heartbeat costs, per beat,
+  over a task loop that does not beat (file:// and moto S3).
 - `benchmarks/bench_jobs.py` (`run(tasks)`): the `ray job submit` path of issue 6. Opt-in
   (`--cases jobs`): it starts a Ray head of its own next to the benchmark's Ray.
 - `benchmarks/bench_service.py` (`run(runs)`): the app service of issue 15 (start to first
@@ -28,7 +30,8 @@ from typing import Any
 from ._cases import Context
 from ._measure import Table, Variant, fmt_s, interleave, median
 
-__all__ = ["case_files", "case_jobs", "case_service", "case_sql", "case_startup"]
+__all__ = ["case_checkpoint", "case_files", "case_jobs", "case_service", "case_sql",
+           "case_startup"]
 
 
 def _module(name: str) -> tuple[Any, str | None]:
@@ -117,6 +120,16 @@ async def case_files(ctx: Context) -> Table:
         t.notes.append(f"not available: {why}")
         return t
     return await _dict_case(ctx, "files", title, bench, "size", lambda n: f"{n} MB")
+
+
+async def case_checkpoint(ctx: Context) -> Table:
+    title = "8e. Durable heartbeats: ms per beat of one task beating N times (issue 14)"
+    bench, why = _module("benchmarks.bench_checkpoint")
+    if bench is None:
+        t = Table("checkpoint", title, ["beats", "figure", "median", "range"])
+        t.notes.append(f"not available: {why}")
+        return t
+    return await _dict_case(ctx, "checkpoint", title, bench, "beats", lambda n: f"{n} beats")
 
 
 async def case_jobs(ctx: Context) -> Table:

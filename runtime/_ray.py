@@ -40,10 +40,34 @@ def after_init(hook: Callable[[], None]) -> None:
 
 def ensure_ray() -> None:
     try:
-        _connect()
+        with _no_token_notice(local=not os.environ.get("RAY_ADDRESS")):
+            _connect()
     finally:
         while _after_init:
             _after_init.pop(0)()
+
+
+class _DropTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_token_notice(local: bool) -> Iterator[None]:
+    """Ray 2.5x warns "Token authentication is enabled for this Ray cluster" on every local
+    ray.init(): a Ray of the runtime's own, on this machine, where the notice tells an author
+    nothing they can act on. It is dropped for a local start only; attaching to a cluster
+    (RAY_ADDRESS) keeps Ray's notices."""
+    if not local:
+        yield
+        return
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice = _DropTokenNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 def _connect() -> None:

@@ -59,6 +59,11 @@ class RunContext:
     """Where the run's store is (never carries credentials)."""
     store_options: dict[str, Any] | None = None
     """fsspec options of the store (endpoint, profile); travel in memory only, never stored."""
+    identity: dict[str, Any] | None = None
+    """What a task's `self.context` reports beyond run id and app: workflow_id,
+    correlation_id, started_at (epoch seconds), app_version; and secrets_dir (the run's secret
+    folder, a path, never a secret) and cancel_after (a cancellation request no newer than
+    this was honoured already)."""
 
     def packed(self) -> bytes | None:
         """The context as msgpack, packed once per run into every attempt's blob; None when
@@ -66,8 +71,8 @@ class RunContext:
         second, pickled argument)."""
         try:
             return msgpack.packb(
-                [self.run_id, self.app_name, self.store_url, self.store_options],
-                use_bin_type=True)
+                [self.run_id, self.app_name, self.store_url, self.store_options,
+                 self.identity], use_bin_type=True)
         except (TypeError, ValueError):
             return None
 

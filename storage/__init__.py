@@ -38,6 +38,7 @@ from ._runs import (
     find_runs,
     list_runs,
 )
+from ._state import load_app_state, save_app_state, state_key
 from ._store import DEFAULT_STORE_DIR, Store, UnsafeEntryError, open_store, safe_key
 from ._trust import RecordKey, operator_file, record_key
 
@@ -73,6 +74,7 @@ __all__ = [
     "ensure_private_dir",
     "find_runs",
     "list_runs",
+    "load_app_state",
     "materialize",
     "open_store",
     "operator_file",
@@ -80,5 +82,7 @@ __all__ = [
     "printable",
     "record_key",
     "safe_key",
+    "save_app_state",
+    "state_key",
     "tier_prefix",
 ]

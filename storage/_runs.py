@@ -86,6 +86,8 @@ class RunStatus(enum.StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    CONTINUED = "CONTINUED"
+    """run() called continue_with(input): the run's work goes on in `continued_as`."""
 
     @property
     def finished(self) -> bool:
@@ -105,8 +107,9 @@ class RunRecord(BaseModel):
     status: RunStatus = RunStatus.RUNNING
     output: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-    """{"type", "message", "task"} of the failure, without tracebacks of secrets."""
-    app_version: int = 1
+    """{"type", "message", "task", "non_retryable"} of the failure, without tracebacks of
+    secrets."""
+    app_version: int | str = 1
     key_scheme: int = 1
     """How call keys and the input digest are computed: 1 digests every field (records from
     before 2026-12), 2 digests what differs from the defaults (a field added later with a
@@ -124,6 +127,16 @@ class RunRecord(BaseModel):
     progress: dict[str, Any] = Field(default_factory=dict)
     """Counters for `status`: done, running, retrying, failed, attempts, replayed."""
     warnings: list[str] = Field(default_factory=list)
+    workflow_id: str | None = None
+    """The chain's id (`AppContext.workflow_id`): given at start, else the first run's id."""
+    correlation_id: str | None = None
+    """`AppContext.correlation_id`: given at start, else the first run's id."""
+    continued_from: str | None = None
+    """The run whose continue_with(input) started this one (a chain of runs)."""
+    continued_as: str | None = None
+    """The run this one continued as (status CONTINUED)."""
+    chain: int = 0
+    """Position in a continue_with chain: 0 for the first run."""
 
 
 @dataclass

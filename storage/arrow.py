@@ -15,6 +15,15 @@ A returned reference is local (not yet durable): the runtime uploads it to the s
 task returns it in its Output, and downloads (and hash-checks) it before a task that takes it in
 its Input runs. The writers hash while they write (a thread reads the file behind the writer),
 so persisting needs no second read of the file.
+
+Outside a task - a run's output, read from a notebook or a test - the readers take the store
+the run used and fetch (and hash-check) the file into a cache folder of this user's
+(`$XDG_CACHE_HOME/connector-runtime/reads`, or `cache_dir=`)::
+
+    out = runtime.run_app(MyApp, {...}, store="s3://bucket/prefix")
+    table = arrow.read_table(out.data, store="s3://bucket/prefix")
+
+Inside a task, a reference with `auto_materialize=False` is fetched when a reader first needs it.
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ import pyarrow.parquet as pq
 from application_sdk.app import current_task_info
 from application_sdk.contracts import FileReference, StorageTier
 
+from ._cache import materialize
 from ._files import _make_dirs, note_hashed
 from ._localfs import file_mode
+from ._store import Store, open_store
 
 __all__ = [
     "iter_batches",
@@ -215,18 +226,40 @@ def write_table(
                          compression=compression)
 
 
-def local_path(ref: FileReference) -> str:
-    """The reference's local file or directory (materialized by the runtime for task inputs)."""
-    if not ref.local_path:
-        where = ref.storage_path or "nowhere"
+def local_path(ref: FileReference, *, store: Store | str | None = None,
+               store_options: dict[str, Any] | None = None,
+               cache_dir: str | None = None) -> str:
+    """The reference's local file or directory: where it is on this node, else fetched.
+
+    A durable reference whose local copy is not here is fetched (hash-checked): inside a task
+    through the run's store (also for `auto_materialize=False` references), outside one from
+    `store` (the URL or Store the run used) into `cache_dir`.
+    """
+    if ref.local_path and os.path.exists(ref.local_path):
+        return ref.local_path
+    if ref.is_durable and ref.storage_path:
+        info = current_task_info()
+        runtime = info.runtime if info is not None and store is None else None
+        if runtime is not None and hasattr(runtime, "materialize"):
+            return runtime.materialize(ref, force=True).local_path
+        if store is not None:
+            st = store if isinstance(store, Store) else open_store(store, store_options)
+            return materialize(st, ref, cache_dir or _reads_cache())
+    where = ref.storage_path or "nowhere"
+    if ref.local_path:
         raise FileNotFoundError(
-            f"reference to {where} has no local file here: the runtime materializes "
-            "references in a task's Input; outside a task use "
-            "storage.materialize(store, ref, cache_dir)"
-        )
-    if not os.path.exists(ref.local_path):
-        raise FileNotFoundError(f"reference's local file {ref.local_path!r} does not exist")
-    return ref.local_path
+            f"reference's local file {ref.local_path!r} does not exist here"
+            + (f"; it is stored at {where}: pass store=... (the run's store) to read it"
+               if ref.is_durable else ""))
+    raise FileNotFoundError(
+        f"reference to {where} has no local file here: the runtime materializes references "
+        "in a task's Input; outside a task, pass the run's store "
+        "(read_table(ref, store='s3://bucket/prefix'))")
+
+
+def _reads_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "connector-runtime", "reads")
 
 
 def _format(ref: FileReference, path: str) -> str:
@@ -248,15 +281,17 @@ def _files(path: str) -> list[str]:
 
 
 def iter_batches(
-    ref: FileReference, *, batch_size: int = 65_536, columns: list[str] | None = None
+    ref: FileReference, *, batch_size: int = 65_536, columns: list[str] | None = None,
+    store: Store | str | None = None, store_options: dict[str, Any] | None = None,
+    cache_dir: str | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The reference's data as record batches, in file order, reading one batch at a time.
 
     Parquet is read per row group and re-sliced to `batch_size`; Arrow IPC files are memory
     mapped (pages are file-backed, so the OS can drop them). A directory reference yields its
-    files in sorted order.
+    files in sorted order. `store`: see `local_path`.
     """
-    path = local_path(ref)
+    path = local_path(ref, store=store, store_options=store_options, cache_dir=cache_dir)
     fmt = _format(ref, path)
     for file in _files(path):
         if fmt == "parquet":
@@ -273,9 +308,12 @@ def iter_batches(
                         yield batch.slice(off, batch_size)
 
 
-def read_table(ref: FileReference, *, columns: list[str] | None = None) -> pa.Table:
-    """The reference's data as one table (Arrow IPC memory-mapped: zero copy)."""
-    path = local_path(ref)
+def read_table(ref: FileReference, *, columns: list[str] | None = None,
+               store: Store | str | None = None, store_options: dict[str, Any] | None = None,
+               cache_dir: str | None = None) -> pa.Table:
+    """The reference's data as one table (Arrow IPC memory-mapped: zero copy). Outside a
+    task, pass the run's `store` (a URL or a Store): the file is fetched and hash-checked."""
+    path = local_path(ref, store=store, store_options=store_options, cache_dir=cache_dir)
     fmt = _format(ref, path)
     tables = []
     for file in _files(path):

@@ -59,6 +59,9 @@ def test_quick_benchmark_run_produces_every_figure(ray_session, s3_server, tmp_p
         unavailable = any(n.startswith("not available") for n in notes)
         assert figures or unavailable, (case, notes)
 
+    beats = cases["checkpoint"]["figures"]  # a durable heartbeat's cost (issue 14)
+    assert {"file_details_ms_per_beat@20", "s3_details_ms_per_beat@20"} <= set(beats), beats
+
     text = results.read_text()
     for heading in ("## Machine and versions", "## Commands", "## Targets", "| raw Ray |"):
         assert heading in text

@@ -1,4 +1,4 @@
-"""`connector-runtime`: run, resume, status, list, cancel (and gc, demo).
+"""`connector-runtime`: run, resume, status, list, cancel, files (and gc, demo, serve).
 
 stdout carries only results (the run's Output as JSON, as the last thing printed); progress and
 logs go to stderr, so `ray job logs` and shell pipelines both work. Exit codes: 0 success,
@@ -138,6 +138,7 @@ def _print_output(output: Any) -> None:
 
 def _execute(app_cls: type[App], payload: Any, args: argparse.Namespace, store: Store,
              run_id: str | None, entrypoint: str | None) -> int:
+    secrets_dir = getattr(args, "secrets_dir", None)
     from .._ray import after_init
     from ..driver import new_run_id, run_app_async
 
@@ -153,7 +154,8 @@ def _execute(app_cls: type[App], payload: Any, args: argparse.Namespace, store: 
         after_init(lambda: _cancel_on_signals(task, interrupted))
         with ProgressDisplay(f"run {run_id}") as progress:
             return await run_app_async(app_cls, payload, run_id=run_id, store=store,
-                                       entrypoint=entrypoint, on_progress=progress.update)
+                                       entrypoint=entrypoint, on_progress=progress.update,
+                                       secrets_dir=secrets_dir)
 
     try:
         output = asyncio.run(main())
@@ -356,8 +358,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from ..views import chain_end
+
     store = _store(args)
-    record = _find_record(store, args.run_id)
+    record = chain_end(store, _find_record(store, args.run_id))  # a chain: its running run
     if record.status.finished:
         print(f"run {record.run_id} is already {record.status.value}", file=sys.stderr)
         return EXIT_OK
@@ -366,6 +370,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     RunStore(store, record.app, record.run_id).request_cancel(args.reason)
     print(f"cancellation of {record.run_id} requested", file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    """List a completed run's output files (store paths); --download fetches them."""
+    from ._files import cmd_files as files
+
+    store = _store(args)
+    return files(store, _find_record(store, args.run_id), args.download, args.json)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -464,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="JSON object, or @file.json")
     p.add_argument("--run-id", help="name of the run; the same id resumes the same run")
     p.add_argument("--entrypoint", help="which @entrypoint to run")
+    _secrets_arg(p)
     store_args(p)
     p.set_defaults(fn=cmd_run)
 
@@ -481,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "$CONNECTOR_RUNTIME_APPS_FILE)")
     p.add_argument("--include-failed", action="store_true",
                    help="--all: resume runs that failed on a non-retryable error too")
+    _secrets_arg(p)
     store_args(p)
     p.set_defaults(fn=cmd_resume)
 
@@ -522,7 +536,24 @@ def build_parser() -> argparse.ArgumentParser:
     store_args(p)
     p.set_defaults(fn=cmd_gc)
     _serve_parser(sub, store_args)
+    _files_parser(sub, store_args)
     return parser
+
+
+def _secrets_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--secrets-dir", metavar="DIR",
+                   help="folder of secret files for get_secret (one file per secret; default "
+                   "$CONNECTOR_RUNTIME_SECRETS_DIR); read on the workers, never stored")
+
+
+def _files_parser(sub: Any, store_args: Any) -> None:
+    p = sub.add_parser("files", help="a completed run's output files: store paths, sizes; "
+                       "--download fetches them (hash-checked)")
+    p.add_argument("run_id")
+    p.add_argument("--download", metavar="DIR", help="fetch every output file into DIR")
+    p.add_argument("--json", action="store_true")
+    store_args(p)
+    p.set_defaults(fn=cmd_files)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -532,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("app").setLevel(logging.INFO)  # what apps log (self.logger) is theirs
     try:
         return args.fn(args)
     except CliError as exc:

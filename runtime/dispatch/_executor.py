@@ -70,14 +70,16 @@ class RayExecutor:
         return settings
 
     def _compute_heartbeat_settings(self, spec: TaskSpec) -> tuple[Any, ...]:
+        """(auto beat period or None, beat once at the start)."""
         if self.monitor is None:
             return ()
         opts = spec.options
         period = opts.auto_heartbeat_seconds
+        if period is None:  # the task's own heartbeat() calls are its liveness
+            return (None, bool(opts.heartbeat_timeout_seconds))
         if opts.heartbeat_timeout_seconds:
             # a beat period longer than the timeout would fail every healthy attempt
-            period = min(period or opts.heartbeat_timeout_seconds,
-                         opts.heartbeat_timeout_seconds / 3)
+            period = min(period, opts.heartbeat_timeout_seconds / 3)
         return (period,) if period else ()
 
     async def run(

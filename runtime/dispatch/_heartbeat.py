@@ -5,9 +5,12 @@ monitor keeps the last beat and the last heartbeat details of each attempt. The 
 for a snapshot once a second (one actor call, whatever the number of tasks) and:
 
 - fails an attempt whose last beat is older than its `heartbeat_timeout_seconds` (a frozen
-  process, a partitioned or lost node): the attempt is cancelled on Ray and retried;
-- journals heartbeat details that changed, so the next attempt (even after a driver restart)
-  reads them with `get_heartbeat_details`;
+  process, a partitioned or lost node): the attempt is cancelled on Ray and retried; with
+  `auto_heartbeat_seconds=None` the beats are the task's own, so silence means the task stopped
+  making progress: it fails with ProgressStalledError (spending the retry budget);
+- (heartbeat details are not the watch's business: a worker makes them durable in the store
+  before `self.heartbeat()` returns, `runtime/worker/_checkpoint.py`; the watch only tells
+  whether they changed, for the progress watchdog);
 - with `max_no_progress_seconds`, reports attempts whose details stopped changing (shown by
   `status`), and with `enforce_progress` fails them.
 
@@ -135,7 +138,7 @@ class HeartbeatWatch:
         monitor: Any,
         run_id: str,
         executor: Attempts,
-        on_details: Callable[[str, Any], None],
+        on_details: Callable[[str, Any], None] | None = None,
         period: float = 1.0,
         on_replaced: Callable[[str], None] | None = None,
     ) -> None:
@@ -146,7 +149,8 @@ class HeartbeatWatch:
         self.run_id = run_id
         self.executor = executor
         self.on_details = on_details
-        """Called with (call key, details) when an attempt's heartbeat details changed."""
+        """Called with (call key, details) when an attempt's heartbeat details changed (None:
+        nobody needs them; workers checkpoint details themselves)."""
         self.period = period
         self.stalled: dict[str, float] = {}
         """Call keys whose heartbeat details have not changed for max_no_progress_seconds."""
@@ -191,7 +195,8 @@ class HeartbeatWatch:
         gone = [key for key in beats if key not in running]
         for key, (attempt, last, details, changed_at, version) in beats.items():
             if details is not None and self._versions.get(key) != version:
-                self.on_details(key, details)
+                if self.on_details is not None:
+                    self.on_details(key, details)
                 self._versions[key] = version
             current = running.get(key)
             if current is None or current.number != attempt:
@@ -205,6 +210,13 @@ class HeartbeatWatch:
 
     def _judge(self, key: str, attempt: Any, silence: float, no_progress: float) -> None:
         opts = attempt.options
+        if opts.heartbeat_timeout_seconds and silence > opts.heartbeat_timeout_seconds \
+                and opts.auto_heartbeat_seconds is None:
+            self.executor.kill(key, ProgressStalledError(
+                f"task {attempt.task}: no heartbeat for {silence:.0f}s (heartbeat_timeout_"
+                f"seconds={opts.heartbeat_timeout_seconds}, auto_heartbeat_seconds=None: its "
+                "own heartbeat() calls are its liveness, and they stopped)"))
+            return
         if opts.heartbeat_timeout_seconds and silence > opts.heartbeat_timeout_seconds:
             self.executor.kill(key, HeartbeatTimeoutError(
                 f"task {attempt.task}: no heartbeat for {silence:.0f}s (heartbeat_timeout_"
@@ -220,12 +232,3 @@ class HeartbeatWatch:
                     f"(max_no_progress_seconds={limit}, enforced)"))
         else:
             self.stalled.pop(key, None)
-
-    async def latest_details(self, key: str) -> None:
-        """Fetch the last details of a failed attempt before its retry is dispatched."""
-        try:
-            details = await self.monitor.details.remote(self.run_id, key)
-        except Exception:
-            return
-        if details is not None:
-            self.on_details(key, details)

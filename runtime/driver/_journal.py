@@ -5,6 +5,8 @@ Records (msgpack maps, short keys keep segments small):
   {"y": "f", "k": key, "n": task, "a": attempt, "e": {...}, "r": retried}   a failed attempt
   {"y": "v", "k": key, "v": value}                                  a recorded now()/uuid4()
   {"y": "h", "k": key, "d": details}                                last heartbeat details
+                                                      (read from older journals; heartbeat
+                                                      details are checkpoints now)
   {"y": "o", "k": key, "p": store path, "t": tier}                  an object the run created
 
 Group commit: records appended while a segment is being written go into the next one, so a
@@ -31,7 +33,7 @@ from typing import Any
 
 from storage import JournalLoad, Lease, LeaseLostError, RunStore, Store, StoreError
 
-__all__ = ["GroupCommitter", "JournalIndex", "commit_interval", "record_details"]
+__all__ = ["GroupCommitter", "JournalIndex", "commit_interval"]
 
 
 log = logging.getLogger("connector_runtime")
@@ -74,16 +76,6 @@ class JournalIndex:
             self.details[record["k"]] = record["d"]
         elif kind == "o":
             self.objects.append(record)
-
-
-def record_details(index: JournalIndex, committer: GroupCommitter, key: str,
-                   details: Any) -> None:
-    """Journal an attempt's heartbeat details, unless they are what is recorded already."""
-    if index.details.get(key) == details:
-        return
-    record = {"y": "h", "k": key, "d": details}
-    index.apply(record)
-    committer.append(record)
 
 
 class GroupCommitter:

@@ -79,6 +79,10 @@ class Orchestrator:
         """Key namespace: "" during run(), "on_complete/N/" during the N-th on_complete()."""
         self.outcome = ""
         self.requested: set[str] = set()
+        self.replaying = bool(index.values) or any(
+            not k.startswith("on_complete/") for k in index.tasks)
+        """Whether the last call run() made was answered from the journal: its logger is
+        quiet then (run() runs again on every resume; it logged the first time)."""
         self._run_closed = False
         self._in_flight: set[asyncio.Task[Any]] = set()
         """Tasks of run() waiting on a dispatched call (cancelled by close_run)."""
@@ -97,7 +101,9 @@ class Orchestrator:
             inp, key, payload, recorded = self._prepare(spec, input)
         if recorded is not None:
             _position.set(key)
+            self.replaying = True
             return recorded
+        self.replaying = False
         current = asyncio.current_task()
         if current is not None:
             self._in_flight.add(current)
@@ -157,7 +163,9 @@ class Orchestrator:
         else:
             key = self.keys.next(self.prefix, "@" + kind, "")
         if key in self.index.values:
+            self.replaying = True
             return self.index.values[key]
+        self.replaying = False
         with runtime_code():
             value = produce()
         record = {"y": "v", "k": key, "v": value}

@@ -17,6 +17,8 @@ from application_sdk.app import App, TaskSpec
 from application_sdk.contracts import Input, Output
 from storage import RunStore, Store, find_runs, open_store
 
+from .._appengine import RunEngine, app_context
+from .._runcontext import RunContext
 from . import _guards as guards
 from ._journal import JournalIndex
 from ._orchestrator import Orchestrator
@@ -38,6 +40,8 @@ class ReplayReport:
     error: str | None = None
     """An error run() raised during the replay (other than reaching an unrecorded call)."""
     output: dict[str, Any] | None = None
+    continued_with: dict[str, Any] | None = None
+    """The input run() gave continue_with() (the run continued), if it did."""
 
     @property
     def divergent(self) -> bool:
@@ -92,6 +96,7 @@ async def replay_run_async(app_cls: type[App], run_id: str,
                         _NullCommitter())  # type: ignore[arg-type]
     ctx = contextvars.copy_context()
     ctx.run(_context.orchestrator.set, orch)
+    ctx.run(_context.app_context.set, _replay_context(app_cls, runs, record))
     guards.activate(ctx, app_cls)
     app = app_cls()
     inp = ep.input_type.model_validate(record.input)
@@ -101,6 +106,10 @@ async def replay_run_async(app_cls: type[App], run_id: str,
         report.output = out.model_dump(mode="json") if isinstance(out, Output) else None
     except _Unrecorded:
         return report
+    except _context.ContinueAsNew as cont:
+        given = cont.input
+        report.continued_with = given.model_dump(mode="json") if isinstance(given, Input) \
+            else dict(given) if isinstance(given, dict) else None
     except Exception as exc:
         if report.first_unrecorded is None:
             report.error = f"{type(exc).__name__}: {exc}"
@@ -111,6 +120,16 @@ async def replay_run_async(app_cls: type[App], run_id: str,
     report.not_requested = sorted(f"{n} ({k})" for k, n in recorded.items()
                                   if k not in orch.requested)
     return report
+
+
+def _replay_context(app_cls: type[App], runs: RunStore, record: Any) -> Any:
+    """self.context during a replay: the run's ids, a logger that stays quiet (everything
+    replayed was logged when it ran), no state or secrets (run() may use neither)."""
+    run = RunContext(runs.run_id, runs.app, runs.store.url, runs.store.options or None,
+                     {"workflow_id": record.workflow_id, "correlation_id": record.correlation_id,
+                      "started_at": record.created_at, "app_version": str(app_cls.version)})
+    return app_context(app_cls, run, RunEngine(run, "run", replaying=lambda: True,
+                                               cancelled=lambda: False))
 
 
 def replay_run(app_cls: type[App], run_id: str, store: str | Store | None = None) -> ReplayReport:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from application_sdk import _context
+from application_sdk._appcontext import AppContext
 from application_sdk.app import App, CleanupOutput, EntrypointSpec, TaskSpec
 from application_sdk.contracts import Input, Output
 from application_sdk.errors import (
@@ -43,15 +44,18 @@ from application_sdk.errors import (
 )
 from storage import Lease, LeaseLostError, RunRecord, RunStatus, RunStore
 
+from .._appengine import RunEngine, app_context
+from .._errors import InputValidationError, RunConflictError
 from .._runcontext import RunContext
 from ..dispatch import HeartbeatWatch, RayExecutor, shared_monitor
-from ..worker import cleanup_scratch, cleanup_transient
+from ..worker import cleanup_scratch, cleanup_transient, objects_in, without_local_paths
 from . import _guards as guards
-from ._journal import GroupCommitter, JournalIndex, commit_interval, record_details
+from ._journal import GroupCommitter, JournalIndex, commit_interval
+from ._keys import KEY_SCHEME
 from ._orchestrator import Orchestrator
 from ._step import Budget, Progress, StepRunner
 
-__all__ = ["DriverSession", "app_path_of", "recorded_output"]
+__all__ = ["Continued", "DriverSession", "app_path_of", "recorded_output"]
 
 _BUILTIN_CLEANUP_STORAGE = App.cleanup_storage.__task_spec__.fn  # type: ignore[attr-defined]
 _BUILTIN_CLEANUP_FILES = App.cleanup_files.__task_spec__.fn  # type: ignore[attr-defined]
@@ -61,6 +65,14 @@ log = logging.getLogger("connector_runtime")
 LEASE_TTL = float(os.environ.get("CONNECTOR_RUNTIME_LEASE_TTL", "30"))
 _POLL = 0.5
 _PROGRESS_EVERY = 2.0
+
+
+class Continued(Exception):
+    """The run ended with continue_with(input): `run_id` is the continuation to run next."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
 
 
 def recorded_output(ep: EntrypointSpec, record: RunRecord) -> Output:
@@ -74,6 +86,11 @@ def recorded_output(ep: EntrypointSpec, record: RunRecord) -> Output:
             f"{'.'.join(str(p) for p in exc.errors()[0]['loc'])!r}). A breaking change of "  # type: ignore[attr-defined]
             "the run's Output needs a new model (e.g. a V2 class) or a new run id"
         ) from exc
+
+
+def version_key(version: int | str) -> tuple[tuple[int, int, str], ...]:
+    """An app version as comparable parts: 3 < "3.1" < "3.10.0" < "3.10.0rc" (numbers first)."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in str(version).split("."))
 
 
 def app_path_of(app_cls: type[App]) -> str:
@@ -112,8 +129,15 @@ class DriverSession:
         key_scheme: int,
         runs: RunStore,
         on_progress: Callable[[dict[str, Any]], None] | None,
+        origin: dict[str, Any] | None = None,
+        secrets_dir: str | None = None,
     ) -> None:
         self.app_cls = app_cls
+        self.origin = origin or {}
+        """For a run this session creates: workflow_id, correlation_id, continued_from, chain."""
+        self.secrets_dir = secrets_dir
+        self.continuation: Input | None = None
+        """The input continue_with() gave, once run() ended with it."""
         self.ep = ep
         self.inp = inp
         self.input_digest = input_digest
@@ -168,15 +192,17 @@ class DriverSession:
         index = JournalIndex(load)
         self.recorded_at_start = {k: r["n"] for k, r in index.tasks.items()
                                   if not k.startswith("on_complete/")}
-        run_ctx = RunContext(runs.run_id, runs.app, runs.store.url, runs.store.options or None)
+        run_ctx = RunContext(runs.run_id, runs.app, runs.store.url, runs.store.options or None,
+                             self._identity(record))
         monitor, monitor_name = await shared_monitor()
         executor = RayExecutor(self.app_cls, run_ctx, monitor_name, admit=self.lease.ensure)
+        # heartbeat details are checkpointed by the workers (runtime/worker/_checkpoint.py):
+        # the watch judges liveness only, and the journal keeps none
         self.heartbeats = HeartbeatWatch(
-            monitor, runs.run_id, executor, functools.partial(record_details, index, committer),
+            monitor, runs.run_id, executor,
             on_replaced=functools.partial(setattr, executor, "monitor"))
         budget = Budget(self.app_cls.max_task_executions, index.executions, runs.run_id)
         steps = StepRunner(index, committer, executor, budget, self.progress,
-                           before_retry=self.heartbeats.latest_details,
                            local=functools.partial(self._answer_locally, run_ctx))
         orch = Orchestrator(self.app_cls, steps, index, committer, key_scheme=self.key_scheme)
         log.info("run %s: %d task results recorded, %d segments", runs.run_id,
@@ -196,12 +222,29 @@ class DriverSession:
                 entrypoint=self.ep.name, input=self.inp.model_dump(mode="json"),
                 input_digest=self.input_digest, app_version=self.app_cls.version,
                 key_scheme=self.key_scheme,
+                workflow_id=self.origin.get("workflow_id") or self.runs.run_id,
+                correlation_id=self.origin.get("correlation_id") or self.runs.run_id,
+                continued_from=self.origin.get("continued_from"),
+                chain=self.origin.get("chain", 0),
             )
         self.journal_version = record.app_version
         record.app_version = self.app_cls.version
         record.status, record.error, record.finished_at = RunStatus.RUNNING, None, None
         record.epoch = self.lease.epoch
         return record
+
+    def _identity(self, record: RunRecord) -> dict[str, Any]:
+        """What `self.context` reports in tasks (RunContext.identity)."""
+        return {"workflow_id": record.workflow_id or record.run_id,
+                "correlation_id": record.correlation_id or record.run_id,
+                "started_at": record.created_at, "app_version": str(self.app_cls.version),
+                "secrets_dir": self.secrets_dir, "cancel_after": record.cancel_honoured_at}
+
+    def _app_context(self, run: RunContext, orch: Orchestrator) -> AppContext:
+        engine = RunEngine(run, "run", replaying=lambda: orch.replaying,
+                           cancelled=lambda: self.cancel_reason is not None,
+                           completing=lambda: bool(orch.outcome))
+        return app_context(self.app_cls, run, engine)
 
     async def _write_record(self, record: RunRecord) -> None:
         """Write the run record, conditional on this session's last version of it."""
@@ -230,6 +273,7 @@ class DriverSession:
         app = self.app_cls()
         ctx = contextvars.copy_context()
         ctx.run(_context.orchestrator.set, orch)
+        ctx.run(_context.app_context.set, self._app_context(executor.context, orch))
         complete_ctx = ctx.copy()  # on_complete() may do what run() may not: no guards
         orch.on_complete_context(complete_ctx)
         loop = asyncio.get_running_loop()
@@ -242,20 +286,7 @@ class DriverSession:
                         "honouring it before anything runs", record.run_id, pending_cancel[0])
             outcome = "cancelled"
         else:
-            guards.activate(ctx, self.app_cls)
-            run_task = loop.create_task(getattr(app, self.ep.method)(self.inp), context=ctx)
-            watcher = loop.create_task(self._watch(record, run_task))
-            try:
-                output = self._check_output(await run_task)
-                self._check_divergence(record, orch)
-                outcome = "completed"
-            except asyncio.CancelledError:
-                self.cancel_reason = self.cancel_reason or "interrupted"
-                outcome = "cancelled"
-            except Exception as exc:
-                error, outcome = exc, "failed"
-            watcher.cancel()
-            guards.deactivate()
+            outcome, output, error = await self._run_body(app, ctx, record, orch)
             await orch.close_run()  # what run() left running (gathered siblings) stops here
             executor.cancel_all()
         if self._lease_lost(committer, error):
@@ -265,6 +296,7 @@ class DriverSession:
         try:
             await committer.flush()  # nothing is deleted before what refers to it is durable
             orch.outcome, orch.prefix = outcome, f"on_complete/{record.finish_count}/"
+            orch.replaying = False  # on_complete() of this finish runs for the first time
             await loop.create_task(app.on_complete(), context=complete_ctx)
         except Exception as exc:
             if self._lease_lost(committer, exc):
@@ -281,6 +313,49 @@ class DriverSession:
         except Exception as exc:  # the journal is intact without it, only slower to load
             log.warning("run %s: journal compaction skipped: %s", record.run_id, exc)
         return await self._finish(record, orch, outcome, output, error)
+
+    async def _run_body(self, app: App, ctx: contextvars.Context, record: RunRecord,
+                        orch: Orchestrator) -> tuple[str, Output | None, BaseException | None]:
+        """Execute run() (or the entry point) under the guards: how it ended."""
+        loop = asyncio.get_running_loop()
+        guards.activate(ctx, self.app_cls)
+        run_task = loop.create_task(getattr(app, self.ep.method)(self.inp), context=ctx)
+        watcher = loop.create_task(self._watch(record, run_task))
+        outcome, output, error = "failed", None, None
+        try:
+            output = self._check_output(await run_task)
+            self._check_divergence(record, orch)
+            outcome = "completed"
+        except _context.ContinueAsNew as cont:
+            try:
+                self.continuation = self._continuation_input(cont.input)
+                self._check_divergence(record, orch)
+                outcome = "continued"
+            except Exception as exc:
+                error = exc
+        except asyncio.CancelledError:
+            self.cancel_reason = self.cancel_reason or "interrupted"
+            outcome = "cancelled"
+        except Exception as exc:
+            error = exc
+        finally:
+            watcher.cancel()
+            guards.deactivate()
+        return outcome, output, error
+
+    def _continuation_input(self, value: Any) -> Input:
+        """continue_with's input, validated as the entry point's Input."""
+        from ._driver import validate_input
+
+        inp = validate_input(self.ep, value)
+        stored = objects_in("", inp)
+        if stored:
+            raise InputValidationError(
+                f"continue_with(): the new input refers to stored file(s) of run "
+                f"{self.runs.run_id} ({stored[0]['p']}, ...); a continuation reads only its own "
+                "objects. Pass values (a cursor, an offset) and let the continuation's tasks "
+                "read or write the files")
+        return inp
 
     def _lease_lost(self, committer: GroupCommitter, error: BaseException | None) -> bool:
         return (self.lease.lost or isinstance(error, LeaseLostError)
@@ -320,7 +395,7 @@ class DriverSession:
             return
         new = sorted(k for k in orch.requested if k not in self.recorded_at_start)
         app = self.app_cls.__qualname__
-        if self.app_cls.version > self.journal_version:
+        if version_key(self.app_cls.version) > version_key(self.journal_version):
             record.warnings.append(
                 f"run() of {app} version {self.app_cls.version} no longer asks for "
                 f"{len(missing)} call(s) recorded by version {self.journal_version}: "
@@ -352,29 +427,68 @@ class DriverSession:
         error: BaseException | None,
     ) -> Output:
         record.status = {"completed": RunStatus.COMPLETED, "failed": RunStatus.FAILED,
-                         "cancelled": RunStatus.CANCELLED}[outcome]
+                         "cancelled": RunStatus.CANCELLED,
+                         "continued": RunStatus.CONTINUED}[outcome]
+        if output is not None:
+            output = without_local_paths(output)  # they name scratch that cleanup deleted
         record.output = output.model_dump(mode="json") if output is not None else None
         record.finish_count += 1
         record.finished_at = time.time()
         record.progress = self.progress.snapshot()
         failure = self._failure(orch, error)
         if error is not None:
-            record.error = {"type": failure.get("type", type(error).__name__),
-                            "message": failure.get("reason", str(error)),
+            record.error = {"type": failure["type"], "message": failure["reason"],
                             **({"task": failure["task"]} if "task" in failure else {}),
-                            "non_retryable": failure.get("non_retryable", False)}
+                            "non_retryable": failure["non_retryable"]}
         elif outcome == "cancelled":
             record.error = {"type": "Cancelled", "message": self.cancel_reason or "cancelled"}
+        if outcome == "continued":
+            assert self.continuation is not None
+            record.continued_as = await asyncio.to_thread(self._create_continuation, record)
         await self._write_record(record)
         if self.on_progress is not None:
             self.on_progress(record.progress)
         if outcome == "completed":
             assert output is not None
             return output
+        if outcome == "continued":
+            log.warning("run %s continued as %s (continue_with)", record.run_id,
+                        record.continued_as)
+            raise Continued(record.continued_as or "")
         if outcome == "cancelled":
             raise RunCancelledError(f"run {record.run_id} was cancelled ({self.cancel_reason})")
-        raise RunFailedError(f"run {record.run_id} failed: {record.error['message']}") \
-            from error
+        raise RunFailedError(f"run {record.run_id} failed: {failure['reason']}",
+                             task=failure.get("task"), error_type=failure["type"],
+                             non_retryable=failure["non_retryable"]) from error
+
+    def _create_continuation(self, record: RunRecord) -> str:
+        """Create the record of the run continue_with() starts (once: a resumed session that
+        replays to the same continue_with finds it made); its id."""
+        from ._driver import input_digest
+
+        assert self.continuation is not None
+        chain = record.chain + 1
+        suffix = f".c{record.chain}"
+        root = record.run_id[:-len(suffix)] if record.chain and \
+            record.run_id.endswith(suffix) else record.run_id
+        runs = RunStore(self.runs.store, self.runs.app, f"{root}.c{chain}")
+        created = RunRecord(
+            app=runs.app, run_id=runs.run_id, app_path=record.app_path,
+            entrypoint=record.entrypoint, input=self.continuation.model_dump(mode="json"),
+            input_digest=input_digest(self.continuation, KEY_SCHEME),
+            app_version=self.app_cls.version, key_scheme=KEY_SCHEME,
+            workflow_id=record.workflow_id or record.run_id,
+            correlation_id=record.correlation_id or record.run_id,
+            continued_from=record.run_id, chain=chain)
+        self.lease.ensure()
+        if runs.replace_run(created, None) is None:
+            found = runs.read_run()
+            if found is None or found.continued_from != record.run_id or \
+                    found.input_digest != created.input_digest:
+                raise RunConflictError(
+                    f"run {record.run_id}: continue_with() would continue as run "
+                    f"{runs.run_id}, which exists and is not this run's continuation")
+        return runs.run_id
 
     @staticmethod
     def _failure(orch: Orchestrator, error: BaseException | None) -> dict[str, Any]:
@@ -387,7 +501,8 @@ class DriverSession:
                         "reason": failure.reason, "non_retryable": failure.non_retryable}
         from .._errors import is_non_retryable
 
-        return {"type": type(error).__name__, "reason": f"{type(error).__name__}: {error}",
+        name = getattr(error, "type_name", None) or type(error).__name__
+        return {"type": name, "reason": f"run() raised {name}: {error}",
                 "non_retryable": is_non_retryable(error)}
 
     async def _watch(self, record: RunRecord, run_task: asyncio.Task[Any]) -> None:

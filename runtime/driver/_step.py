@@ -7,6 +7,7 @@ journal through small interfaces, so it is unit-tested with an in-process execut
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from ..dispatch import classify, decide
 from ..worker import objects_in
 from ._journal import GroupCommitter, JournalIndex
 
-__all__ = ["Budget", "Executor", "Progress", "StepRunner", "TaskFailure"]
+__all__ = ["Budget", "Executor", "Progress", "StepRunner", "TaskFailure", "log_failed_attempt"]
+
+log = logging.getLogger("connector_runtime")
 
 
 class Executor(Protocol):
@@ -93,6 +96,18 @@ def decode_output(spec: TaskSpec, data: bytes, replay: bool) -> Output:
             f"(field {fields}): {exc.errors()[0]['msg']}. A breaking contract change needs a "
             "new model (e.g. a V2 class) or a new run"
         ) from exc
+
+
+def log_failed_attempt(spec: TaskSpec, key: str, number: int, failure: Any,
+                       decision: Any) -> None:
+    """One line on stderr per failed attempt: the task (and its call), the attempt, the
+    error's type and message, and what happens next (the retry delay, or why not)."""
+    text = failure.message.strip()
+    message = f": {text.splitlines()[0][:300]}" if text else ""
+    then = (f"retrying in {decision.delay:.1f} s" if decision.retry
+            else f"giving up ({decision.reason})")
+    log.warning("task %s attempt %d failed: %s%s; %s [call %s]", spec.name, number,
+                failure.type_name, message, then, key)
 
 
 class StepRunner:
@@ -192,6 +207,7 @@ class StepRunner:
             else:
                 failed += 1
             decision = decide(opts, failure, failed, losses, time.monotonic() - started)
+            log_failed_attempt(spec, key, number, failure, decision)
             record = {"y": "f", "k": key, "n": spec.name, "a": number,
                       "e": failure.as_record(), "r": decision.retry}
             self.index.apply(record)
@@ -203,8 +219,7 @@ class StepRunner:
                 self.failures.append(TaskFailure(
                     spec.name, key, number, reason, failure.error, failure.type_name,
                     decision.non_retryable))
-                failure.error.add_note(reason)
-                raise failure.error
+                raise failure.error  # the run's error says which task and why, once
             self.progress.retrying += 1
             try:
                 if self.before_retry is not None:

@@ -13,6 +13,7 @@ from typing import Any
 from storage import Lease, RunRecord, RunStore, Store
 
 from ..driver import JournalIndex
+from ._chain import describe_chain
 
 __all__ = ["describe"]
 
@@ -51,6 +52,13 @@ def describe(store: Store, record: RunRecord) -> dict[str, Any]:
         info["warnings"] = record.warnings
     if record.error:
         info["error"] = record.error
+    if record.workflow_id and record.workflow_id != record.run_id:
+        info["workflow_id"] = record.workflow_id
+    if record.correlation_id and record.correlation_id != record.run_id:
+        info["correlation_id"] = record.correlation_id
+    chain = describe_chain(store, record)
+    if chain is not None:
+        info["chain"] = chain
     return info
 
 

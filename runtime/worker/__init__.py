@@ -8,7 +8,14 @@ objects).
 
 from ._attempt import AttemptInfo, pack_attempt, remote_for, run_attempt
 from ._cleanup import cleanup_scratch, cleanup_transient, delete_run_scratch
-from ._files import after_task, allowed_roots, before_task, cache_dir, objects_in
+from ._files import (
+    after_task,
+    allowed_roots,
+    before_task,
+    cache_dir,
+    objects_in,
+    without_local_paths,
+)
 
 __all__ = [
     "AttemptInfo",
@@ -23,4 +30,5 @@ __all__ = [
     "pack_attempt",
     "remote_for",
     "run_attempt",
+    "without_local_paths",
 ]

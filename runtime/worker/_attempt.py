@@ -25,6 +25,7 @@ from application_sdk import _context
 from application_sdk.app import App
 from application_sdk.errors import NonRetryableError, PayloadTooLargeError, TaskError
 
+from .._appengine import task_app_context
 from .._errors import error_type_names, is_non_retryable
 from .._runcontext import RunContext, scratch_dir
 from . import _files
@@ -76,14 +77,16 @@ def execute(
         runtime=runtime,
     )
     token = _context.task_info.set(task_info)
+    ctx_token = _context.app_context.set(task_app_context(app_cls, run, task_name, attempt))
     runtime.start()
     try:
         inp = _files.before_task(inp, run, task_info)
         out = _event_loop().run_until_complete(spec.fn(app, inp))
         if isinstance(out, spec.output_type):
-            out = _files.after_task(out, run, task_info)
+            out = _files.after_task(runtime.reuse_uploaded(out), run, task_info)
     finally:
         runtime.stop()
+        _context.app_context.reset(ctx_token)
         _context.task_info.reset(token)
     if not isinstance(out, spec.output_type):
         raise NonRetryableError(

@@ -56,7 +56,8 @@ from .._runcontext import RunContext, ensure_scratch_root, safe_component
 if TYPE_CHECKING:
     from application_sdk._context import TaskInfo
 
-__all__ = ["after_task", "allowed_roots", "before_task", "cache_dir", "objects_in"]
+__all__ = ["after_task", "allowed_roots", "before_task", "cache_dir", "objects_in",
+           "without_local_paths"]
 
 ALLOWED_ROOTS_VAR = "CONNECTOR_RUNTIME_ALLOWED_ROOTS"
 
@@ -163,7 +164,8 @@ def _references(value: Any) -> list[FileReference]:
 
 def before_task(inp: Input, run: RunContext, info: TaskInfo) -> Input:
     ensure_scratch_root()  # before the task can write a byte there (one lstat once checked)
-    refs = [r for r in _references(inp) if r.is_durable and r.storage_path]
+    refs = [r for r in _references(inp) if r.is_durable and r.storage_path
+            and r.auto_materialize]
     if not refs:
         return inp  # local-only references are usable where they were made: nothing to fetch
     for ref in refs:  # all refused before anything is read
@@ -172,8 +174,8 @@ def before_task(inp: Input, run: RunContext, info: TaskInfo) -> Input:
     cache = cache_dir(run)
 
     def fetch(ref: FileReference, _path: str) -> FileReference:
-        if not ref.is_durable or not ref.storage_path:
-            return ref
+        if not ref.is_durable or not ref.storage_path or not ref.auto_materialize:
+            return ref  # auto_materialize=False: the task fetches it when it wants
         return ref.model_copy(update={"local_path": materialize(store, ref, cache)})
 
     return _walk(inp, fetch, "")
@@ -189,8 +191,8 @@ def after_task(out: Output, run: RunContext, info: TaskInfo) -> Output:
     token = uuid.uuid4().hex[:8]  # an attempt of a dead driver may still run with this number
 
     def upload(ref: FileReference, path: str) -> FileReference:
-        if ref.is_durable or not ref.local_path:
-            return ref
+        if ref.is_durable or not ref.local_path or not ref.auto_materialize:
+            return ref  # auto_materialize=False: the app owns its upload
         real = check_inside(ref.local_path, roots, action="upload")
         name = safe_component(os.path.basename(real.rstrip(os.sep))) or "data"
         field = safe_component(path) or "output"
@@ -219,3 +221,18 @@ def objects_in(key: str, output: Output) -> list[dict[str, Any]]:
             seen.add(ref.storage_path)
             records.append({"y": "o", "k": key, "p": ref.storage_path, "t": ref.tier.value})
     return records
+
+
+def without_local_paths(value: Output) -> Output:
+    """A run's output as its caller gets it (and its record keeps it): durable references
+    without `local_path`, which names a worker's scratch folder that cleanup deletes; their
+    `storage_path` (a key in the run's store) is where the data is."""
+    if not _references(value):
+        return value
+
+    def strip(ref: FileReference, _path: str) -> FileReference:
+        if ref.is_durable and ref.local_path:
+            return ref.model_copy(update={"local_path": None})
+        return ref
+
+    return _walk(value, strip, "")
