@@ -147,7 +147,7 @@ def list_costs(runs: int, repeats: int, folder: str) -> dict[str, float]:
 
 
 _PEAK = """
-import resource, sys
+import sys
 data = open(sys.argv[1], "rb").read()
 if sys.argv[2] == "old":
     import msgpack
@@ -159,7 +159,9 @@ else:
         decode(data, "run record", limit=run_record_limit())
     except StoreError:
         pass
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a child of a big
+# parent (a test session) would report the parent's peak.
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 
 

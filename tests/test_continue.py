@@ -91,7 +91,8 @@ def test_twelve_thousand_tasks_in_chunks_under_the_budget_killed_once(ray_sessio
     store = open_store(file_store)
     killed = {r.run_id: r.status for r in list_runs(store, "ChunkedApp")}
     assert killed["big"] is RunStatus.CONTINUED and killed["big.c1"] is RunStatus.RUNNING
-    resumed = cli("resume", "big", "--store", file_store, timeout=400)
+    resumed = cli("resume", "big", "--app", "tests.apps.fidelity:ChunkedApp", "--store",
+                  file_store, timeout=400)
     assert resumed.code == 0, resumed.stderr[-3000:]
     out = json.loads(resumed.stdout.splitlines()[-1])
     assert (out["items"], out["runs"], out["correlation_id"]) == (12_000, 4, "big")

@@ -116,7 +116,8 @@ def test_now_and_uuid4_are_replay_stable_across_a_driver_sigkill(ray_session, tm
     assert out["id"].replace("-", "") == by_kind["@uuid4"]
 
 
-@pytest.mark.parametrize("call", ["seeded random.Random", "logging", "datetime arithmetic"])
+@pytest.mark.parametrize("call", ["seeded random.Random", "logging", "datetime arithmetic",
+                                  "a gc callback's clock"])
 def test_deterministic_calls_and_the_loops_own_clock_are_allowed_in_run(
         ray_session, tmp_path, file_store, call):
     assert run_app(d.AllowedApp, {"name": call, "folder": str(tmp_path)}, run_id="a",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import logging
 import os
 import random
@@ -102,8 +103,25 @@ def allowed_call(name: str) -> object:
         "seeded random.Random": lambda: random.Random(42).random(),
         "logging": lambda: logging.getLogger("tests.guarded").warning("from run()"),
         "datetime arithmetic": lambda: datetime.datetime(2026, 1, 1) + datetime.timedelta(1),
+        "a gc callback's clock": _collect_with_a_timing_callback,
     }
     return calls[name]()
+
+
+def _collect_with_a_timing_callback() -> None:
+    """A library's gc callback (Hypothesis installs one) reads the clock when a collection
+    runs inside run(): not run()'s call, so not refused."""
+    seen = []
+
+    def timing(phase: str, info: dict) -> None:
+        seen.append(time.perf_counter())
+
+    gc.callbacks.append(timing)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(timing)
+    assert len(seen) == 2, seen
 
 
 class AllowedApp(App):
