@@ -13,6 +13,9 @@ The order matters, and each step is there to keep a promise:
    be lost after the object is gone.
 5. Finish: the final record, conditional on this session's version of it.
 
+Each step's time is journaled as a phase ("p" records: `_phases`), so `trace` and the run page
+show where a driver spent its time, also for a driver that was killed.
+
 Fencing: every write and every dispatch first calls `lease.ensure()`, which trusts the lease
 only within its TTL on this process's monotonic clock. A session that finds its lease lost
 (taken over while it was frozen, or not renewable) stops where it is: in-flight attempts are
@@ -49,6 +52,7 @@ from ..worker import cleanup_scratch, cleanup_transient
 from . import _guards as guards
 from ._journal import GroupCommitter, JournalIndex, commit_interval, record_details
 from ._orchestrator import Orchestrator
+from ._phases import SessionPhases
 from ._step import Budget, Progress, StepRunner
 
 __all__ = ["DriverSession", "app_path_of", "recorded_output"]
@@ -133,7 +137,9 @@ class DriverSession:
     # -- the session -----------------------------------------------------------------------
 
     async def execute(self, check_same_run: Callable[[RunRecord | None], None]) -> Output:
+        began = time.time()
         await asyncio.to_thread(self.lease.acquire)
+        self.phases = SessionPhases(self.lease.epoch, began)
         keeper = _LeaseKeeper(self.lease)
         keeper.start()
         try:
@@ -149,7 +155,9 @@ class DriverSession:
         check_same_run(record)
         if record is not None and record.status is RunStatus.COMPLETED:
             return recorded_output(self.ep, record)
+        self.phases.mark("claim")
         load = await asyncio.to_thread(runs.load_journal)
+        self.phases.mark("load")
         for key in load.corrupt:
             log.warning("journal segment %s failed its checksum; its tasks will run again", key)
         for key in load.fenced:
@@ -160,8 +168,10 @@ class DriverSession:
                                    interval=commit_interval(runs.store))
         committer.start()
         committer.append(runs.seal(self.lease.epoch, load.next_seq), urgent=True)
+        self._journal_phases(committer)
         await committer.flush()
         await self._write_record(record)
+        self.phases.mark("seal")
         pending_cancel = await asyncio.to_thread(runs.cancel_request)
         if pending_cancel is not None and pending_cancel[1] <= (record.cancel_honoured_at or 0):
             pending_cancel = None  # honoured already: this is a resume of the cancelled run
@@ -183,6 +193,7 @@ class DriverSession:
                  len(index.tasks), load.segments)
         watch = asyncio.get_running_loop().create_task(self.heartbeats.run())
         self.load = load
+        self._committer = committer
         try:
             return await self._orchestrate(record, orch, executor, committer, pending_cancel)
         finally:
@@ -242,6 +253,7 @@ class DriverSession:
                         "honouring it before anything runs", record.run_id, pending_cancel[0])
             outcome = "cancelled"
         else:
+            self._run_phase_begins(orch, committer)
             guards.activate(ctx, self.app_cls)
             run_task = loop.create_task(getattr(app, self.ep.method)(self.inp), context=ctx)
             watcher = loop.create_task(self._watch(record, run_task))
@@ -258,6 +270,7 @@ class DriverSession:
             guards.deactivate()
             await orch.close_run()  # what run() left running (gathered siblings) stops here
             executor.cancel_all()
+            self._run_phase_ends(orch)
         if self._lease_lost(committer, error):
             executor.cancel_all()
             await committer.close(raise_error=False)
@@ -275,12 +288,50 @@ class DriverSession:
                       type(exc).__name__, exc)
             if outcome == "completed":
                 error, outcome, output = exc, "failed", None
+        self.phases.mark("on_complete")
+        self._journal_phases(committer)
         await committer.close()
         try:
             await asyncio.to_thread(committer.compact, self.load)
         except Exception as exc:  # the journal is intact without it, only slower to load
             log.warning("run %s: journal compaction skipped: %s", record.run_id, exc)
+        self.phases.mark("compact")
         return await self._finish(record, orch, outcome, output, error)
+
+    # -- phases (`_phases`) ------------------------------------------------------------------
+
+    def _journal_phases(self, committer: GroupCommitter) -> None:
+        for phase in self.phases.take():
+            committer.append(phase)
+
+    def _run_phase_begins(self, orch: Orchestrator, committer: GroupCommitter) -> None:
+        self.phases.mark("setup")
+        self._run_began = self.phases.begin("run")
+        self._journal_phases(committer)
+        if self.recorded_at_start:  # a resume: replay lasts until the first dispatch
+            orch.steps.on_dispatch = functools.partial(self._replay_ends, committer)
+
+    def _replay_ends(self, committer: GroupCommitter) -> None:
+        self.phases.nested("replay", self._run_began)
+        self._journal_phases(committer)
+
+    def _run_phase_ends(self, orch: Orchestrator) -> None:
+        if orch.steps.on_dispatch is not None:  # nothing dispatched: run() was all replay
+            orch.steps.on_dispatch = None
+            self.phases.nested("replay", self._run_began)
+        self.phases.mark("run")
+
+    def _write_phases_tail(self) -> None:
+        """The phases after the journal's last segment, in one segment of their own."""
+        records = self.phases.take()
+        try:
+            self.lease.ensure()
+            seq = self._committer.seq
+            while not self.runs.write_segment(self.lease.epoch, seq, records):
+                seq += 1
+        except Exception as exc:  # the run's outcome is recorded; only its history is shorter
+            log.warning("run %s: the driver's last phases were not journaled: %s",
+                        self.runs.run_id, exc)
 
     def _lease_lost(self, committer: GroupCommitter, error: BaseException | None) -> bool:
         return (self.lease.lost or isinstance(error, LeaseLostError)
@@ -366,6 +417,8 @@ class DriverSession:
         elif outcome == "cancelled":
             record.error = {"type": "Cancelled", "message": self.cancel_reason or "cancelled"}
         await self._write_record(record)
+        self.phases.mark("finish")
+        await asyncio.to_thread(self._write_phases_tail)
         if self.on_progress is not None:
             self.on_progress(record.progress)
         if outcome == "completed":

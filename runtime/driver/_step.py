@@ -2,6 +2,8 @@
 
 `StepRunner.invoke` is the whole life of one task call. It talks to the executor and the
 journal through small interfaces, so it is unit-tested with an in-process executor, no Ray.
+Each attempt's record carries its history (times, worker, files, traceback: `_timing`); an
+attempt the driver cancels itself is journaled as "x", neither a failure nor an execution.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from storage import LeaseLostError
 from ..dispatch import classify, decide
 from ..worker import objects_in
 from ._journal import GroupCommitter, JournalIndex
+from ._timing import cancelled_record, completed_fields, failed_fields
 
 __all__ = ["Budget", "Executor", "Progress", "StepRunner", "TaskFailure"]
 
@@ -31,7 +34,8 @@ class Executor(Protocol):
     async def run(
         self, spec: TaskSpec, key: str, payload: bytes, number: int,
         details: dict[str, Any] | None, timeout: float,
-    ) -> bytes: ...
+    ) -> bytes | tuple[bytes, dict[str, Any]]: ...
+    """Output bytes, or (output bytes, the worker's stamp: `runtime.worker._timing`)."""
 
 
 @dataclass
@@ -118,6 +122,9 @@ class StepRunner:
         self.local = local
         """Answers a call in the driver when it can (None: dispatch it); recorded as attempt 0."""
         self.failures: list[TaskFailure] = []
+        self.on_dispatch: Callable[[], None] | None = None
+        """Called (once, then cleared) before the first attempt is dispatched: the end of
+        replay, for the driver's phases."""
 
     def recorded(self, spec: TaskSpec, key: str) -> Output | None:
         record = self.index.tasks.get(key)
@@ -152,6 +159,9 @@ class StepRunner:
 
     async def _attempts(self, spec: TaskSpec, key: str, payload: bytes) -> Output:
         """Attempt the call on the executor until it succeeds or the retry policy gives up."""
+        if self.on_dispatch is not None:
+            self.on_dispatch, first = None, self.on_dispatch
+            first()
         opts = spec.options
         number = self.index.failures.get(key, 0)
         failed = losses = 0
@@ -167,17 +177,23 @@ class StepRunner:
                 timeout = max(0.001, min(timeout, left))
             self.progress.running += 1
             self.progress.attempts += 1
+            dispatched = time.time()
             try:
-                data = await self.executor.run(
+                result = await self.executor.run(
                     spec, key, payload, number, self.index.details.get(key), timeout
                 )
-            except (asyncio.CancelledError, LeaseLostError):
-                raise  # the driver's own cancellation, or its fencing: not a task failure
+            except asyncio.CancelledError:  # the driver's own cancellation: not a failure
+                self._journal_cancelled(spec, key, number, dispatched)
+                raise
+            except LeaseLostError:
+                raise  # the driver's fencing: not a task failure
             except Exception as exc:
                 failure = classify(exc, timeout)
+                history = failed_fields(exc, dispatched, time.time())
             else:
+                data, history = completed_fields(result, dispatched, time.time())
                 output = decode_output(spec, data, replay=False)
-                record = {"y": "t", "k": key, "n": spec.name, "o": data, "a": number}
+                record = {"y": "t", "k": key, "n": spec.name, "o": data, "a": number, **history}
                 self.index.apply(record)
                 self.committer.append(record)
                 for obj in objects_in(key, output):
@@ -193,7 +209,7 @@ class StepRunner:
                 failed += 1
             decision = decide(opts, failure, failed, losses, time.monotonic() - started)
             record = {"y": "f", "k": key, "n": spec.name, "a": number,
-                      "e": failure.as_record(), "r": decision.retry}
+                      "e": failure.as_record(), "r": decision.retry, **history}
             self.index.apply(record)
             self.committer.append(record)
             if not decision.retry:
@@ -212,3 +228,15 @@ class StepRunner:
                 await self.sleep(decision.delay)
             finally:
                 self.progress.retrying -= 1
+
+    def _journal_cancelled(self, spec: TaskSpec, key: str, number: int,
+                           dispatched: float) -> None:
+        """Journal an attempt the driver cancelled, if the journal still takes records (the
+        cancellation must propagate whatever happens here)."""
+        if self.committer.error is not None:
+            return
+        try:
+            self.committer.append(cancelled_record(key, spec.name, number, dispatched,
+                                                   time.time()))
+        except Exception:
+            pass

@@ -3,14 +3,16 @@
 Rooms: `_attempt` (the remote function: unpack, set the task context, run, pack the output),
 `_files` (materialize references before a task, persist them after it), `_taskruntime` (what
 `self.heartbeat()` and the cleanup tasks reach), `_cleanup` (scratch folders and TRANSIENT
-objects).
+objects), `_timing` (what an attempt reports about itself: times, node, pid, files).
 """
 
 from ._attempt import AttemptInfo, pack_attempt, remote_for, run_attempt
 from ._cleanup import cleanup_scratch, cleanup_transient, delete_run_scratch
 from ._files import after_task, allowed_roots, before_task, cache_dir, objects_in
+from ._timing import STAMP_ATTR, unpack_result
 
 __all__ = [
+    "STAMP_ATTR",
     "AttemptInfo",
     "after_task",
     "allowed_roots",
@@ -23,4 +25,5 @@ __all__ = [
     "pack_attempt",
     "remote_for",
     "run_attempt",
+    "unpack_result",
 ]

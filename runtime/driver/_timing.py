@@ -1,0 +1,97 @@
+"""The history fields of an attempt's journal record: when, where, which files, what traceback.
+
+Added to "t" (completed) and "f" (failed) records, and to "x" records (an attempt the driver
+cancelled itself: not a failure, not an execution):
+
+  "ts": {"d": dispatched, "r": received, "s": started, "e": ended}
+        epoch seconds; d and r on the driver's clock (taken around the executor call, so a
+        wait for a feasible node counts as queueing), s and e on the worker's (so `e - s` is
+        free of clock skew between driver and worker). A worker that died, a timeout, a lost
+        heartbeat or a cancel leave no s and e: d and r are what is known.
+  "w":  {"n": node id, "i": node ip, "p": worker pid}, as far as known
+  "fs": {"n": files, "b": bytes, "r": rows (where the format says)} of the output's
+        FileReferences
+  "tb": the worker's traceback of a failure (the last 8,000 characters)
+
+Journals written before these fields existed have none of them: every reader treats each as
+optional (`runtime.views._timeline`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ..worker import STAMP_ATTR
+
+__all__ = ["TRACEBACK_LIMIT", "cancelled_record", "completed_fields", "failed_fields"]
+
+TRACEBACK_LIMIT = 8_000
+
+
+def _where(w: Any) -> dict[str, Any] | None:
+    if not isinstance(w, (list, tuple)) or len(w) != 3:
+        return None
+    # interned: thousands of records name the same few nodes, and the driver keeps them all
+    found = {k: sys.intern(v) if isinstance(v, str) else v
+             for k, v in zip(("n", "i", "p"), w, strict=True) if v is not None}
+    return found or None
+
+
+def _fields(stamp: Any, d: float, r: float) -> dict[str, Any]:
+    ts: dict[str, Any] = {"d": d, "r": r}
+    out: dict[str, Any] = {"ts": ts}
+    if isinstance(stamp, dict):
+        if isinstance(stamp.get("s"), float) and isinstance(stamp.get("e"), float):
+            ts["s"], ts["e"] = stamp["s"], stamp["e"]
+        where = _where(stamp.get("w"))
+        if where:
+            out["w"] = where
+        files = stamp.get("f")
+        if isinstance(files, list) and len(files) == 3:
+            fs = {"n": files[0], "b": files[1]}
+            if files[2] is not None:
+                fs["r"] = files[2]
+            out["fs"] = fs
+    return out
+
+
+def completed_fields(result: Any, d: float, r: float) -> tuple[bytes, dict[str, Any]]:
+    """(output bytes, history fields) of what an executor answered: (bytes, stamp) from Ray,
+    or bare bytes from an executor that reports no stamp (in-process tests)."""
+    if isinstance(result, tuple):
+        data, stamp = result
+    else:
+        data, stamp = result, None
+    return data, _fields(stamp, d, r)
+
+
+def _traceback(exc: BaseException) -> str | None:
+    text = getattr(exc, "remote_traceback", None) or getattr(exc, "traceback_str", None)
+    if not text:
+        cause = getattr(exc, "cause", None)
+        text = getattr(cause, "remote_traceback", None) if cause is not None else None
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return text[-TRACEBACK_LIMIT:]
+
+
+def failed_fields(exc: BaseException, d: float, r: float) -> dict[str, Any]:
+    """History fields of a failed attempt from what awaiting it raised."""
+    cause = getattr(exc, "cause", None)
+    stamp = getattr(exc, STAMP_ATTR, None) or getattr(cause, STAMP_ATTR, None)
+    out = _fields(stamp, d, r)
+    if "w" not in out:  # Ray's task error names the worker even when the stamp is lost
+        pid, ip = getattr(exc, "pid", None), getattr(exc, "ip", None)
+        where = {k: v for k, v in (("i", ip), ("p", pid)) if isinstance(v, (str, int))}
+        if where:
+            out["w"] = where
+    tb = _traceback(exc)
+    if tb:
+        out["tb"] = tb
+    return out
+
+
+def cancelled_record(key: str, task: str, number: int, d: float, r: float) -> dict[str, Any]:
+    """The "x" record of an attempt the driver cancelled (run() was cancelled or ended)."""
+    return {"y": "x", "k": key, "n": task, "a": number, "ts": {"d": d, "r": r}}
