@@ -19,8 +19,11 @@ optional (`runtime.views._timeline`).
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
+
+from ray import exceptions as rx
 
 from ..worker import STAMP_ATTR
 
@@ -66,11 +69,21 @@ def completed_fields(result: Any, d: float, r: float) -> tuple[bytes, dict[str, 
     return data, _fields(stamp, d, r)
 
 
-def _traceback(exc: BaseException) -> str | None:
-    text = getattr(exc, "remote_traceback", None) or getattr(exc, "traceback_str", None)
-    if not text:
-        cause = getattr(exc, "cause", None)
-        text = getattr(cause, "remote_traceback", None) if cause is not None else None
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_HEADER = re.compile(r"\(pid=(\d+), ip=([0-9a-fA-F.:]+)")
+
+
+def _ray_text(exc: BaseException) -> str | None:
+    """Ray's text of a task error: `ray::task() (pid=.., ip=..)` and the worker's traceback."""
+    if not isinstance(exc, rx.RayTaskError):
+        return None
+    text = exc.__dict__.get("traceback_str") or str(exc)
+    return _ANSI.sub("", text) if isinstance(text, str) else None
+
+
+def _traceback(exc: BaseException, ray_text: str | None) -> str | None:
+    # the original's traceback when it had to travel as a TaskError, else Ray's
+    text = getattr(exc, "remote_traceback", None) or ray_text
     if not isinstance(text, str) or not text.strip():
         return None
     return text[-TRACEBACK_LIMIT:]
@@ -78,15 +91,14 @@ def _traceback(exc: BaseException) -> str | None:
 
 def failed_fields(exc: BaseException, d: float, r: float) -> dict[str, Any]:
     """History fields of a failed attempt from what awaiting it raised."""
-    cause = getattr(exc, "cause", None)
-    stamp = getattr(exc, STAMP_ATTR, None) or getattr(cause, STAMP_ATTR, None)
+    stamp = getattr(exc, STAMP_ATTR, None)  # a RayTaskError looks attributes up on its cause
     out = _fields(stamp, d, r)
-    if "w" not in out:  # Ray's task error names the worker even when the stamp is lost
-        pid, ip = getattr(exc, "pid", None), getattr(exc, "ip", None)
-        where = {k: v for k, v in (("i", ip), ("p", pid)) if isinstance(v, (str, int))}
-        if where:
-            out["w"] = where
-    tb = _traceback(exc)
+    ray_text = _ray_text(exc)
+    if "w" not in out and ray_text:  # the stamp did not travel: Ray's header names the worker
+        found = _HEADER.search(ray_text)
+        if found:
+            out["w"] = {"i": sys.intern(found.group(2)), "p": int(found.group(1))}
+    tb = _traceback(exc, ray_text)
     if tb:
         out["tb"] = tb
     return out
