@@ -6,8 +6,9 @@ as the service's working directory and on Ray workers by reference.
 
 - `sleeps` are `nap` tasks awaited one after another (sequential), then `parallel` naps of
   `parallel_s` seconds gathered;
-- `flaky`: one `flaky` task that fails its first attempt (`ConnectionError`) and succeeds on
-  its second;
+- `flaky`: one `flaky` task that fails its first attempt (`ConnectionError`, with
+  `flaky_message` when given) and succeeds on its second;
+- `fail`: a last `breaks` task fails for good (NonRetryableError): the run ends FAILED;
 - `parquet_rows`: one `write_rows` task returning a Parquet FileReference of that many rows;
 - `gate`: each `nap` first waits (up to 60 s) until the file `gate` exists, so a test sees the
   run live before it lets tasks finish; `gate_after` naps pass without waiting.
@@ -22,6 +23,7 @@ from typing import Annotated
 
 from application_sdk.app import App, RetryPolicy, task
 from application_sdk.contracts import FileReference, Input, MaxItems, Output
+from application_sdk.errors import NonRetryableError
 
 
 class ObserveInput(Input):
@@ -29,6 +31,8 @@ class ObserveInput(Input):
     parallel: int = 0
     parallel_s: float = 0.0
     flaky: bool = False
+    flaky_message: str = "the source hung up on attempt 1"
+    fail: bool = False
     parquet_rows: int = 0
     gate: str = ""
     gate_after: int = 0
@@ -46,7 +50,7 @@ class NapOutput(Output):
 
 
 class FlakyInput(Input):
-    what: str = "flaky"
+    message: str = "the source hung up on attempt 1"
 
 
 class RowsInput(Input):
@@ -75,8 +79,12 @@ class ObserveApp(App):
     @task(retry_policy=RetryPolicy(max_attempts=3, initial_interval=0.2))
     async def flaky(self, input: FlakyInput) -> NapOutput:
         if self.task_info.attempt == 1:
-            raise ConnectionError("the source hung up on attempt 1")
+            raise ConnectionError(input.message)
         return NapOutput(index=-1, pid=os.getpid())
+
+    @task()
+    async def breaks(self, input: FlakyInput) -> NapOutput:
+        raise NonRetryableError("the source is gone for good")
 
     @task()
     async def write_rows(self, input: RowsInput) -> RowsOutput:
@@ -98,9 +106,11 @@ class ObserveApp(App):
                                    for i in range(input.parallel)))
             naps += input.parallel
         if input.flaky:
-            await self.flaky(FlakyInput())
+            await self.flaky(FlakyInput(message=input.flaky_message))
         rows = 0
         if input.parquet_rows:
             out = await self.write_rows(RowsInput(rows=input.parquet_rows))
             rows = input.parquet_rows if out.file.is_durable else 0
+        if input.fail:
+            await self.breaks(FlakyInput(message="gone"))
         return ObserveOutput(naps=naps, rows=rows)
