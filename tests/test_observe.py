@@ -18,7 +18,10 @@ from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
+
 from storage import RunRecord, RunStatus, RunStore, open_store
+from tests.conftest import CliResult
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "tests.apps.observeapp.observe_app:ObserveApp"
@@ -26,6 +29,21 @@ APP_NAME = "ObserveApp"
 SLEEPS = [0.4, 0.15, 0.7, 0.25]
 NOISE = 0.25
 """Seconds a worker-timed sleep may exceed its nominal length on a loaded 2-core machine."""
+
+
+@pytest.fixture
+def read_cli(capsys):
+    """The CLI's reading verbs (status, trace) in this process: the same `main()` a user's
+    shell runs, without a Python start per call; exit code, stdout, stderr."""
+    from runtime.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
 
 
 def _trace(cli, store: str, run_id: str, tmp_path: Path) -> dict:
@@ -48,12 +66,12 @@ def _records(store: str, run_id: str) -> list[dict]:
     return RunStore(open_store(store), APP_NAME, run_id).load_journal().records
 
 
-def test_trace_of_known_sleeps_retries_and_files(cli, file_store, tmp_path):
+def test_trace_of_known_sleeps_retries_and_files(cli, read_cli, file_store, tmp_path):
     inp = {"sleeps": SLEEPS, "flaky": True, "parquet_rows": 4321}
     res = cli("run", APP, "--input", json.dumps(inp), "--run-id", "sleeps-1", "--store",
               file_store)
     assert res.code == 0, res.stderr
-    trace = _trace(cli, file_store, "sleeps-1", tmp_path)
+    trace = _trace(read_cli, file_store, "sleeps-1", tmp_path)
     assert trace["otherData"]["run_id"] == "sleeps-1"
     assert trace["otherData"]["state"] == "COMPLETED"
     events = _attempt_events(trace)
@@ -89,12 +107,12 @@ def test_trace_of_known_sleeps_retries_and_files(cli, file_store, tmp_path):
     assert all(e["ph"] == "X" for e in _phases(trace))
 
 
-def test_status_tasks_rows_as_json_and_plain_lines(cli, file_store, tmp_path):
+def test_status_tasks_rows_as_json_and_plain_lines(cli, read_cli, file_store, tmp_path):
     inp = {"sleeps": [0.3, 0.1], "flaky": True, "fail": True}
     res = cli("run", APP, "--input", json.dumps(inp), "--run-id", "tasks-1", "--store",
               file_store)
     assert res.code == 1, res.stderr
-    res = cli("status", "tasks-1", "--tasks", "--json", "--store", file_store)
+    res = read_cli("status", "tasks-1", "--tasks", "--json", "--store", file_store)
     assert res.code == 0, res.stderr
     rows = json.loads(res.stdout)
     by_task = {}
@@ -111,7 +129,7 @@ def test_status_tasks_rows_as_json_and_plain_lines(cli, file_store, tmp_path):
     assert (breaks["state"], breaks["attempts"]) == ("failed", 1)
     assert "NonRetryableError: the source is gone for good" == breaks["last_error"]
 
-    plain = cli("status", "tasks-1", "--tasks", "--store", file_store)
+    plain = read_cli("status", "tasks-1", "--tasks", "--store", file_store)
     assert plain.code == 0, plain.stderr
     lines = plain.stdout.splitlines()
     assert lines[0].split("\t") == ["task", "state", "attempts", "time", "key", "last_error"]
@@ -119,9 +137,9 @@ def test_status_tasks_rows_as_json_and_plain_lines(cli, file_store, tmp_path):
     failed = [line.split("\t") for line in lines[1:] if line.startswith("breaks\t")]
     assert failed[0][1:3] == ["failed", "1"]
 
-    missing = cli("status", "no-such-run", "--tasks", "--store", file_store)
+    missing = read_cli("status", "no-such-run", "--tasks", "--store", file_store)
     assert missing.code == 2 and "no run 'no-such-run'" in missing.stderr
-    bad = cli("trace", "tasks-1", "--store", file_store, "--output",
+    bad = read_cli("trace", "tasks-1", "--store", file_store, "--output",
               str(tmp_path / "no" / "such" / "dir" / "t.json"))
     assert bad.code == 2 and "--output" in bad.stderr and "No such file" in bad.stderr
 
@@ -141,7 +159,7 @@ def _wait_completed_naps(store: str, run_id: str, n: int, timeout: float = 60) -
 
 
 def test_resume_after_driver_sigkill_shows_both_drivers_and_no_attempt_twice(
-        ray_session, cli, file_store, tmp_path):
+        ray_session, cli, read_cli, file_store, tmp_path):
     inp = {"sleeps": [0.25] * 10}
     env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(REPO)}
     driver = subprocess.Popen(
@@ -155,7 +173,7 @@ def test_resume_after_driver_sigkill_shows_both_drivers_and_no_attempt_twice(
         driver.wait(30)
     res = cli("resume", "killed-1", "--store", file_store)
     assert res.code == 0, res.stderr
-    trace = _trace(cli, file_store, "killed-1", tmp_path)
+    trace = _trace(read_cli, file_store, "killed-1", tmp_path)
 
     sessions = {}
     for event in _phases(trace):
@@ -187,8 +205,8 @@ def test_resume_after_driver_sigkill_shows_both_drivers_and_no_attempt_twice(
     assert all(e["ts"] >= run1["ts"] for e in _attempt_events(trace))
 
 
-def test_cancelled_attempt_is_journaled_but_not_an_execution(cli, file_store, tmp_path,
-                                                              ray_session):
+def test_cancelled_attempt_is_journaled_but_not_an_execution(cli, read_cli, file_store,
+                                                              tmp_path, ray_session):
     gate = tmp_path / "gate"
     inp = {"sleeps": [0.05, 5.0], "gate": str(gate), "gate_after": 1}
     env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": str(REPO)}
@@ -210,16 +228,17 @@ def test_cancelled_attempt_is_journaled_but_not_an_execution(cli, file_store, tm
     (cancelled,) = [r for r in records if r.get("y") == "x"]
     assert cancelled["n"] == "nap" and cancelled["a"] == 1
     assert cancelled["ts"]["r"] >= cancelled["ts"]["d"]
-    status = json.loads(cli("status", "cancel-1", "--json", "--store", file_store).stdout)
+    status = json.loads(read_cli("status", "cancel-1", "--json", "--store",
+                                 file_store).stdout)
     assert status["state"] == "CANCELLED"
     # executions: the first nap and on_complete's two cleanups; the cancelled nap is none
     assert status["attempts"] == 3 and status["failed_attempts"] == 0
-    trace = _trace(cli, file_store, "cancel-1", tmp_path)
+    trace = _trace(read_cli, file_store, "cancel-1", tmp_path)
     cancels = [e for e in trace["traceEvents"] if e["ph"] == "i" and e["name"] == "cancelled"]
     assert len(cancels) == 1 and cancels[0]["args"]["call_key"] == cancelled["k"]
     assert any(e["name"] == "run cancelled" for e in trace["traceEvents"])
-    rows = json.loads(cli("status", "cancel-1", "--tasks", "--json", "--store",
-                          file_store).stdout)
+    rows = json.loads(read_cli("status", "cancel-1", "--tasks", "--json", "--store",
+                               file_store).stdout)
     assert [(r["state"], r["attempts"]) for r in rows if r["task"] == "nap"] == \
         [("completed", 1), ("cancelled", 0)]
 
@@ -245,17 +264,19 @@ def _old_journal(store: str, run_id: str) -> None:
     ])
 
 
-def test_journal_from_before_times_still_loads_and_displays(cli, file_store, tmp_path):
+def test_journal_from_before_times_still_loads_and_displays(cli, read_cli, file_store,
+                                                            tmp_path):
     _old_journal(file_store, "old-1")
-    res = cli("status", "old-1", "--tasks", "--json", "--store", file_store)
+    res = cli("status", "old-1", "--tasks", "--json", "--store", file_store)  # as users run it
     assert res.code == 0, res.stderr
     rows = json.loads(res.stdout)
     assert [(r["task"], r["state"], r["attempts"], r["seconds"]) for r in rows] == [
         ("nap", "completed", 1, None), ("flaky", "failed", 2, None)]
     assert rows[1]["last_error"] == "TaskTimeoutError: late"
-    assert "-\tnap:aa:0" in cli("status", "old-1", "--tasks", "--store", file_store).stdout
-    trace = _trace(cli, file_store, "old-1", tmp_path)
+    assert "-\tnap:aa:0" in read_cli("status", "old-1", "--tasks", "--store",
+                                     file_store).stdout
+    trace = _trace(read_cli, file_store, "old-1", tmp_path)
     assert _attempt_events(trace) == [] and _phases(trace) == []
     assert trace["otherData"]["untimed_attempts"] == 3
-    status = json.loads(cli("status", "old-1", "--json", "--store", file_store).stdout)
+    status = json.loads(read_cli("status", "old-1", "--json", "--store", file_store).stdout)
     assert status["attempts"] == 3 and status["tasks_done"] == 1

@@ -147,7 +147,8 @@ class _Layout:
 
 
 def _origin(tl: Timeline, record: RunRecord) -> float:
-    times = [p.begin for p in tl.phases] + [s.begin for s in tl.spans if s.begin is not None]
+    times = [p.begin for p in tl.phases]
+    times += [s.begin for s in tl.spans if s.begin is not None and s.duration is not None]
     return min(times) if times else record.created_at
 
 

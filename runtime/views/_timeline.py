@@ -115,7 +115,7 @@ class Timeline:
     def untimed(self) -> int:
         """Attempts whose records carry no times (journaled before times were recorded, or
         answered in the driver)."""
-        return sum(1 for s in self.spans if s.begin is None)
+        return sum(1 for s in self.spans if s.duration is None)
 
     def sessions(self) -> dict[int, dict[str, Any]]:
         """Per lease epoch: the driver's host and pid (from its claim phase)."""

@@ -39,7 +39,8 @@ def _us(seconds: float, origin: float) -> float:
 
 
 def _origin(tl: Timeline) -> float | None:
-    times = [p.begin for p in tl.phases] + [s.begin for s in tl.spans if s.begin is not None]
+    times = [p.begin for p in tl.phases]
+    times += [s.begin for s in tl.spans if s.begin is not None and s.duration is not None]
     return min(times) if times else None
 
 
@@ -146,7 +147,7 @@ def trace_events(tl: Timeline, record: RunRecord | None = None) -> dict[str, Any
             events.append({**base, "ph": "X", "dur": round(max(0.0, phase.end - phase.begin)
                                                             * 1e6, 1)})
     for span in tl.spans:
-        if span.begin is None:
+        if span.duration is None:
             continue
         pid, tid = tracks.of(span)
         events.append(_attempt_event(span, pid, tid, origin))

@@ -46,9 +46,10 @@ def where() -> list[Any]:
         try:
             import ray
 
-            node = ray.get_runtime_context().get_node_id()
-            ip = ray.util.get_node_ip_address()
-        except Exception:  # not in a Ray worker (a unit test): the pid still says something
+            if ray.is_initialized():  # else asking would start a Ray of its own
+                node = ray.get_runtime_context().get_node_id()
+                ip = ray.util.get_node_ip_address()
+        except Exception:  # an unexpected Ray: the pid still says something
             pass
         _where = [node, ip, os.getpid()]
     return _where
