@@ -242,9 +242,9 @@ def _files(tl: Timeline) -> list[dict[str, Any]]:
             for v in value:
                 walk(v)
 
-    keys = {o.get("k") for o in tl.objects[:MAX_FILES]}
+    keys = {str(o.get("k")) for o in tl.objects[:MAX_FILES]}
     for key in keys:
-        data = tl.outputs.get(str(key))
+        data = tl.outputs.get(key)
         if data is not None:
             try:
                 walk(msgpack.unpackb(data, raw=False))
@@ -254,7 +254,7 @@ def _files(tl: Timeline) -> list[dict[str, Any]]:
     for obj in tl.objects[:MAX_FILES]:
         ref = refs.get(obj["p"], {})
         size = ref.get("size_bytes")
-        files.append({"key": obj.get("k"), "path": obj["p"], "tier": obj.get("t"),
+        files.append({"key": str(obj.get("k")), "path": obj["p"], "tier": obj.get("t"),
                       "size": fmt_bytes(size if isinstance(size, int) else None),
                       "count": ref.get("file_count"), "format": ref.get("format")})
     return files

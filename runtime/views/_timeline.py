@@ -150,7 +150,9 @@ def _span(record: dict[str, Any]) -> Span:
         started = ended = None
     error = record.get("e") if isinstance(record.get("e"), dict) else None
     node, ip, pid = w.get("n"), w.get("i"), w.get("p")
-    files = record.get("fs")
+    fs = record.get("fs")
+    files = {k: v for k, v in fs.items() if k in ("n", "b", "r") and isinstance(v, int)} \
+        if isinstance(fs, dict) else None
     tb = record.get("tb")
     number = record.get("a")
     return Span(
@@ -161,7 +163,7 @@ def _span(record: dict[str, Any]) -> Span:
         ip=ip if isinstance(ip, str) else None, pid=pid if isinstance(pid, int) else None,
         error=error, traceback=tb if isinstance(tb, str) else None,
         retried=bool(record.get("r")) if record.get("y") == "f" else None,
-        files=files if isinstance(files, dict) else None,
+        files=files or None,
     )
 
 
