@@ -31,7 +31,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from storage import StoreError
+from storage import CorruptRecordError, StoreError
 
 from ..views import load_timeline, trace_json
 from ._config import ServiceConfig
@@ -89,6 +89,8 @@ def pages_router(cfg: ServiceConfig) -> APIRouter:
                 return problem(422, text)
             note_store_error("page")
             log.error("page: reading the store failed: %s", text)
+            if isinstance(exc, CorruptRecordError):
+                return problem(500, f"the store holds a corrupt record: {text}")
             return problem(503, f"the store did not answer: {text}")
 
     async def record_of(run_id: str, app: str | None) -> Any:
