@@ -310,11 +310,13 @@ def live_update(store: Store, record: RunRecord, since: int, origin: float) -> d
     _layout, phases, bars = _timeline_view(tl, origin, extent, since)
     keys = {b["key"] for b in bars}
     progress = record.progress or {}
+    rows = task_rows(tl, live)
     return {
         "state": state, "live": live, "finished": record.status.finished,
         "count": len(tl.spans), "since": since, "extent": extent,
         "bars": bars, "phases": phases,
-        "rows": [_task_row(r) for r in task_rows(tl, live) if r.key in keys],
+        "rows": [_task_row(r) for r in rows if r.key in keys], "calls": len(rows),
+        "driver": "finished" if record.status.finished else "running" if live else "gone",
         "counters": {"done": sum(1 for s in tl.spans if s.outcome == "completed"),
                      "attempts": sum(1 for s in tl.spans if s.outcome != "cancelled"),
                      "failed_attempts": sum(1 for s in tl.spans if s.failed),

@@ -192,6 +192,8 @@
     state.textContent = update.state;
     state.className = "state s-" + update.state.toLowerCase();
     setText("c-done", update.counters.done);
+    setText("c-calls", update.calls);
+    setText("driver", update.driver);
     setText("c-attempts", update.counters.attempts);
     setText("c-failed", update.counters.failed_attempts);
   }
