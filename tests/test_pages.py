@@ -185,9 +185,9 @@ def test_run_page_of_a_finished_run_with_a_retried_task(pages, chromium):
                 const bars = [...document.querySelectorAll('#timeline rect.bar')];
                 return {bars: bars.length,
                         failed: bars.filter(b => b.classList.contains('failed'))
-                                    .map(b => [b.dataset.task, b.dataset.attempt,
-                                               b.dataset.outcome, b.dataset.error]),
-                        keys: bars.map(b => b.dataset.key + '#' + b.dataset.attempt),
+                                    .map(b => [b.dataset.t, b.dataset.a, b.dataset.o,
+                                               b.dataset.err]),
+                        keys: bars.map(b => b.dataset.k + '#' + b.dataset.a),
                         xss: window.__xss === undefined ? null : window.__xss,
                         imgs: document.querySelectorAll('main img').length,
                         tasks: document.querySelector('#tasks').textContent,

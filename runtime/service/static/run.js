@@ -77,8 +77,9 @@
     var r = document.createElementNS(NS, "rect");
     r.setAttribute("class", "bar o-" + b.outcome + (b.failed ? " failed" : ""));
     r.setAttribute("y", y); r.setAttribute("height", laneH);
-    var data = {i: b.i, b: b.b, e: b.e, lane: b.lane, task: b.task, key: b.key,
-      attempt: b.attempt, outcome: b.outcome, dur: b.dur, queued: b.queued, error: b.error};
+    var data = {b: b.b, e: b.e, t: b.task, k: b.key, a: b.attempt, o: b.outcome};
+    if (b.queued !== null) { data.q = b.queued; }
+    if (b.error) { data.err = b.error; }
     Object.keys(data).forEach(function (k) { r.dataset[k] = data[k]; });
     place(r);
     svg.querySelector("g.bars").appendChild(r);
@@ -92,19 +93,20 @@
       var r = document.createElementNS(NS, "rect");
       r.setAttribute("class", "phase p-" + p.name + (p.open ? " open" : ""));
       r.setAttribute("y", y + 2); r.setAttribute("height", laneH - 4);
-      r.dataset.b = p.b; r.dataset.e = p.e; r.dataset.lane = p.lane;
-      r.dataset.task = "driver: " + p.name; r.dataset.dur = p.dur;
+      r.dataset.b = p.b; r.dataset.e = p.e; r.dataset.t = "driver: " + p.name;
+      if (p.open) { r.dataset.open = "1"; }
       place(r);
       g.appendChild(r);
     });
   }
 
   function lines(rect) {
-    var d = rect.dataset, out = [d.task];
-    if (d.key) { out.push("call key " + d.key); }
-    if (d.attempt) { out.push("attempt " + d.attempt + ": " + d.outcome); }
-    out.push("duration " + d.dur + (d.queued ? " (queued " + d.queued + ")" : ""));
-    if (d.error) { out.push(d.error); }
+    var d = rect.dataset, out = [d.t];
+    if (d.k) { out.push("call key " + d.k); }
+    if (d.a) { out.push("attempt " + d.a + ": " + d.o); }
+    out.push(d.open ? "never ended (the driver stopped during it)" : "duration " +
+      fmt(Number(d.e) - Number(d.b)) + (d.q ? " (queued " + fmt(Number(d.q) / 1000) + ")" : ""));
+    if (d.err) { out.push(d.err); }
     return out;
   }
 
