@@ -105,7 +105,7 @@ def test_completed_record_carries_driver_and_worker_times_worker_and_files(tmp_p
     ts = done["ts"]
     assert (ts["s"], ts["e"]) == (100.25, 100.75)  # the worker's clock, as it sent them
     assert ts["d"] <= ts["r"] and ts["d"] > 1e9  # the driver's clock, around the call
-    assert done["w"] == {"n": "node-1", "i": "10.0.0.7", "p": 4242}
+    assert done["w"] == ["node-1", "10.0.0.7", 4242]
     assert done["fs"] == {"n": 2, "b": 2048}  # rows unknown: no "r"
 
 
@@ -115,7 +115,7 @@ def test_failed_record_keeps_the_stamp_that_travelled_and_the_traceback(tmp_path
     records, index = _invoke(StampedExecutor(fail_first=error), tmp_path)
     (failed,) = [r for r in records if r["y"] == "f"]
     assert failed["ts"]["s"] == 5.0 and failed["ts"]["e"] == 6.0
-    assert failed["w"] == {"n": "n", "i": "1.2.3.4", "p": 9}
+    assert failed["w"] == ["n", "1.2.3.4", 9]
     assert failed["tb"].endswith("Boom: wrapped")
     assert "tb" not in failed["e"]  # status' last_error stays {kind, type, message}
     assert index.executions == 2 and index.failures["t:k:0"] == 1
@@ -133,7 +133,7 @@ def test_ray_task_error_names_the_worker_when_the_stamp_is_lost():
     err = rx.RayTaskError("task_attempt", text, ValueError("v"), pid=777, ip="10.1.2.3")
     dual = err.as_instanceof_cause()
     fields = failed_fields(dual, 1.0, 2.0)
-    assert fields["w"] == {"i": "10.1.2.3", "p": 777}
+    assert fields["w"] == [None, "10.1.2.3", 777]
     assert len(fields["tb"]) == TRACEBACK_LIMIT and fields["tb"].endswith("ValueError")
     assert "\x1b[" not in fields["tb"]
 

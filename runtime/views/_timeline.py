@@ -2,9 +2,9 @@
 phase, heartbeat details, stored objects. `trace`, `status --tasks` and the run pages read it.
 
 Attempt records ("t", "f", "x") carry their history as optional fields (written by
-`runtime.driver._timing`): "ts" {d, r, s, e}, "w" {n, i, p}, "fs" {n, b, r}, "tb". Records
+`runtime.driver._timing`): "ts" {d, r, s, e}, "w" [node, ip, pid], "fs" {n, b, r}, "tb". Records
 written before those fields existed have none: their attempts are listed, with no times
-(`Span.begin is None`), and counted in `Timeline.untimed`. Driver phases are "p" records
+(`Span.duration is None`), and counted in `Timeline.untimed`. Driver phases are "p" records
 (`runtime.driver._phases`): the latest record of a (session, phase) wins, so a phase journaled
 open and then closed is one closed phase, and one journaled open only is a phase that never
 ended (its driver died or lost the run).
@@ -144,12 +144,12 @@ def _outcome(record: dict[str, Any]) -> str:
 
 def _span(record: dict[str, Any]) -> Span:
     ts = record.get("ts") if isinstance(record.get("ts"), dict) else {}
-    w = record.get("w") if isinstance(record.get("w"), dict) else {}
+    w = record.get("w")
+    node, ip, pid = w if isinstance(w, list) and len(w) == 3 else (None, None, None)
     started, ended = _num(ts.get("s")), _num(ts.get("e"))
     if started is None or ended is None or ended < started:
         started = ended = None
     error = record.get("e") if isinstance(record.get("e"), dict) else None
-    node, ip, pid = w.get("n"), w.get("i"), w.get("p")
     fs = record.get("fs")
     files = {k: v for k, v in fs.items() if k in ("n", "b", "r") and isinstance(v, int)} \
         if isinstance(fs, dict) else None
