@@ -42,8 +42,9 @@ SIZES: dict[str, tuple[list[int], list[int]]] = {
     "files": ([128, 1024], [4]),
     "jobs": ([100], [10]),
     "service": ([5], [5]),
+    "observe": ([5000], [200]),
 }
-OPT_IN = ("jobs", "service")
+OPT_IN = ("jobs", "service", "observe")
 """Cases run only when named in --cases."""
 
 
@@ -578,4 +579,5 @@ CASES: dict[str, CaseFn] = {
     "files": _extra("files"),
     "jobs": _extra("jobs"),
     "service": _extra("service"),
+    "observe": _extra("observe"),
 }

@@ -217,6 +217,10 @@ def test_cancelled_attempt_is_journaled_but_not_an_execution(cli, read_cli, file
     try:
         _wait_completed_naps(file_store, "cancel-1", 1)
         time.sleep(0.5)  # the second nap is dispatched and waiting at its gate
+        live = _trace(read_cli, file_store, "cancel-1", tmp_path)  # what is recorded so far
+        assert live["otherData"]["state"] == "RUNNING"
+        assert [e["name"] for e in _attempt_events(live)] == ["nap"]
+        assert {e["name"]: e["ph"] for e in _phases(live)}["run"] == "B"  # not ended yet
         assert cli("cancel", "cancel-1", "--store", file_store).code == 0
         _out, err = driver.communicate(timeout=60)
     finally:
@@ -280,3 +284,13 @@ def test_journal_from_before_times_still_loads_and_displays(cli, read_cli, file_
     assert trace["otherData"]["untimed_attempts"] == 3
     status = json.loads(read_cli("status", "old-1", "--json", "--store", file_store).stdout)
     assert status["attempts"] == 3 and status["tasks_done"] == 1
+
+    from runtime.service._runpage import run_page  # what the run page shows of it
+
+    st = open_store(file_store)
+    page = run_page(st, RunStore(st, APP_NAME, "old-1").read_run())
+    assert page["bar_count"] == 0 and page["untimed"] == 3 and page["task_count"] == 2
+    assert [f["error"] for f in page["failures"]] == ["ConnectionError: boom",
+                                                      "TaskTimeoutError: late"]
+    assert all(f["traceback"] is None for f in page["failures"])
+    assert page["details"] == [{"key": "flaky:bb:0", "json": '{\n  "page": 3\n}'}]

@@ -246,3 +246,36 @@ def test_heartbeat_losses_are_instant_events(outcome):
     names = [e["name"] for e in events if e["ph"] == "i"]
     assert names == ["heartbeat lost" if outcome == "heartbeat" else "progress stalled",
                      "retry t"]
+
+
+def test_a_guarded_step_that_leaves_runtime_code_does_not_leave_the_guards_on():
+    """The driver's own code after run() must run unguarded (the phases read the clock): a
+    gathered call's last step starts inside runtime_code() and leaves it, which switches the
+    profile function on for run()'s code; the step must put back what was there before."""
+    import sys
+
+    from runtime.driver import _guards as guards
+
+    class Guarded(App):
+        async def run(self, input: In) -> Out: ...
+
+    async def call() -> int:
+        with guards.runtime_code():  # as Orchestrator.call_task does around a dispatch
+            await asyncio.sleep(0)
+        return 1
+
+    async def scenario() -> tuple[object, object]:
+        import contextvars
+
+        ctx = contextvars.copy_context()
+        guards.activate(ctx, Guarded)
+        try:
+            task = asyncio.get_running_loop().create_task(call(), context=ctx)
+            await task
+            after = sys.getprofile()
+        finally:
+            guards.deactivate()
+        return after, sys.getprofile()
+
+    after, later = asyncio.run(scenario())
+    assert after is None and later is None

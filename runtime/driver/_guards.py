@@ -205,21 +205,23 @@ class _GuardedStep(collections.abc.Coroutine):
     def __init__(self, coro: Any) -> None:
         self._coro = coro
 
+    # The profile function in place before the step is put back after it, guarded or not: a
+    # step that starts inside runtime_code() (unguarded) and leaves it (which switches the
+    # profile function on for run()'s code that follows) must not leave it on for whatever
+    # the loop runs next - the driver's own code after run() was refused time.time().
     def send(self, value: Any) -> Any:
-        if not _guarding():
-            return self._coro.send(value)
         previous = sys.getprofile()
-        sys.setprofile(_profile)
+        if _guarding():
+            sys.setprofile(_profile)
         try:
             return self._coro.send(value)
         finally:
             sys.setprofile(previous)
 
     def throw(self, *args: Any) -> Any:
-        if not _guarding():
-            return self._coro.throw(*args)
         previous = sys.getprofile()
-        sys.setprofile(_profile)
+        if _guarding():
+            sys.setprofile(_profile)
         try:
             return self._coro.throw(*args)
         finally:

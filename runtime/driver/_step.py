@@ -141,6 +141,9 @@ class StepRunner:
         answer = await self._answer_locally(spec, key, inp)
         if answer is not None:
             return answer
+        if self.on_dispatch is not None:
+            self.on_dispatch, first = None, self.on_dispatch
+            first()
         return await self._attempts(spec, key, payload)
 
     async def _answer_locally(self, spec: TaskSpec, key: str, inp: Input) -> Output | None:
@@ -159,9 +162,6 @@ class StepRunner:
 
     async def _attempts(self, spec: TaskSpec, key: str, payload: bytes) -> Output:
         """Attempt the call on the executor until it succeeds or the retry policy gives up."""
-        if self.on_dispatch is not None:
-            self.on_dispatch, first = None, self.on_dispatch
-            first()
         opts = spec.options
         number = self.index.failures.get(key, 0)
         failed = losses = 0

@@ -66,78 +66,52 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
-def pages_router(cfg: ServiceConfig) -> APIRouter:
-    env = _environment()
-    router = APIRouter(include_in_schema=False)
-    store = cfg.store
-    common = {"service_app": cfg.app_cls.name, "store_url": store.url}
-    static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
+class _Pages:
+    """What every page route needs: the templates, the store, and the answers to problems."""
 
-    def html(template: str, status: int = 200, **context: Any) -> HTMLResponse:
-        text = env.get_template(template).render(**common, **context)
+    def __init__(self, cfg: ServiceConfig) -> None:
+        self.env = _environment()
+        self.store = cfg.store
+        self.common = {"service_app": cfg.app_cls.name, "store_url": cfg.store.url}
+
+    def html(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        text = self.env.get_template(template).render(**self.common, **context)
         return HTMLResponse(text, status_code=status, headers=_HEADERS)
 
-    def problem(status: int, message: str) -> HTMLResponse:
-        return html("problem.html", status, message=message)
+    def problem(self, status: int, message: str) -> HTMLResponse:
+        return self.html("problem.html", status, message=message)
 
-    async def read(fn: Callable[..., Any], *args: Any) -> Any:
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` in a thread; a store error becomes the page that explains it."""
         try:
             return await asyncio.to_thread(fn, *args)
         except StoreError as exc:
             text = str(exc)
             if text.startswith("invalid"):
-                return problem(422, text)
+                return self.problem(422, text)
             note_store_error("page")
             log.error("page: reading the store failed: %s", text)
             if isinstance(exc, CorruptRecordError):
-                return problem(500, f"the store holds a corrupt record: {text}")
-            return problem(503, f"the store did not answer: {text}")
+                return self.problem(500, f"the store holds a corrupt record: {text}")
+            return self.problem(503, f"the store did not answer: {text}")
 
-    async def record_of(run_id: str, app: str | None) -> Any:
-        found = await read(find_run, store, run_id, app)
+    async def record_of(self, run_id: str, app: str | None) -> Any:
+        found = await self.read(find_run, self.store, run_id, app)
         if found is None:
-            return problem(404, f"no run {run_id!r}{f' of {app}' if app else ''} in "
-                           f"{store.url} (or several apps have one: add ?app=)")
+            return self.problem(404, f"no run {run_id!r}{f' of {app}' if app else ''} in "
+                                f"{self.store.url} (or several apps have one: add ?app=)")
         return found
+
+
+def pages_router(cfg: ServiceConfig) -> APIRouter:
+    pages = _Pages(cfg)
+    router = APIRouter(include_in_schema=False)
+    static = {name: (HERE / "static" / name).read_bytes() for name in STATIC}
 
     @router.get("/")
     async def runs_page(state: str | None = None, app: str | None = None) -> Response:
-        listing = await read(run_list, store, state or None, app or None)
-        if isinstance(listing, Response):
-            return listing
-        return html("runs.html", **listing)
-
-    @router.get("/runs/{run_id}")
-    async def run_view(run_id: str, app: str | None = None) -> Response:
-        record = await record_of(run_id, app)
-        if isinstance(record, Response):
-            return record
-        page = await read(run_page, store, record)
-        return page if isinstance(page, Response) else html("run.html", **page)
-
-    @router.get("/runs/{run_id}/live.json")
-    async def live(run_id: str, app: str | None = None, since: int = Query(0, ge=0),
-                   origin: float = Query(...)) -> Response:
-        record = await record_of(run_id, app)
-        if isinstance(record, Response):
-            return JSONResponse({"error": "no such run"}, status_code=record.status_code)
-        update = await read(live_update, store, record, since, origin)
-        if isinstance(update, Response):
-            return JSONResponse({"error": "the store did not answer"},
-                                status_code=update.status_code)
-        return JSONResponse(update, headers={"Cache-Control": "no-store"})
-
-    @router.get("/runs/{run_id}/trace.json")
-    async def trace(run_id: str, app: str | None = None) -> Response:
-        record = await record_of(run_id, app)
-        if isinstance(record, Response):
-            return record
-        tl = await read(load_timeline, store, record)
-        if isinstance(tl, Response):
-            return tl
-        return Response(trace_json(tl, record), media_type="application/json", headers={
-            "Content-Disposition": f'attachment; filename="{record.run_id}.trace.json"',
-            "Cache-Control": "no-store"})
+        listing = await pages.read(run_list, pages.store, state or None, app or None)
+        return listing if isinstance(listing, Response) else pages.html("runs.html", **listing)
 
     @router.get("/static/{name}")
     async def asset(name: str) -> Response:
@@ -147,8 +121,45 @@ def pages_router(cfg: ServiceConfig) -> APIRouter:
                         headers={"Cache-Control": "max-age=300",
                                  "X-Content-Type-Options": "nosniff"})
 
-    _login_routes(router, cfg, html)
+    _run_routes(router, pages)
+    _login_routes(router, cfg, pages.html)
     return router
+
+
+def _run_routes(router: APIRouter, pages: _Pages) -> None:
+    store = pages.store
+
+    @router.get("/runs/{run_id}")
+    async def run_view(run_id: str, app: str | None = None) -> Response:
+        record = await pages.record_of(run_id, app)
+        if isinstance(record, Response):
+            return record
+        page = await pages.read(run_page, store, record)
+        return page if isinstance(page, Response) else pages.html("run.html", **page)
+
+    @router.get("/runs/{run_id}/live.json")
+    async def live(run_id: str, app: str | None = None, since: int = Query(0, ge=0),
+                   origin: float = Query(...)) -> Response:
+        record = await pages.record_of(run_id, app)
+        if isinstance(record, Response):
+            return JSONResponse({"error": "no such run"}, status_code=record.status_code)
+        update = await pages.read(live_update, store, record, since, origin)
+        if isinstance(update, Response):
+            return JSONResponse({"error": "the store did not answer"},
+                                status_code=update.status_code)
+        return JSONResponse(update, headers={"Cache-Control": "no-store"})
+
+    @router.get("/runs/{run_id}/trace.json")
+    async def trace(run_id: str, app: str | None = None) -> Response:
+        record = await pages.record_of(run_id, app)
+        if isinstance(record, Response):
+            return record
+        tl = await pages.read(load_timeline, store, record)
+        if isinstance(tl, Response):
+            return tl
+        return Response(trace_json(tl, record), media_type="application/json", headers={
+            "Content-Disposition": f'attachment; filename="{record.run_id}.trace.json"',
+            "Cache-Control": "no-store"})
 
 
 def _login_routes(router: APIRouter, cfg: ServiceConfig, html: Callable[..., HTMLResponse]) -> None:
