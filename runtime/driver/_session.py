@@ -54,6 +54,7 @@ from ._journal import GroupCommitter, JournalIndex, commit_interval, record_deta
 from ._orchestrator import Orchestrator
 from ._phases import SessionPhases
 from ._step import Budget, Progress, StepRunner
+from ._timing import share_workers
 
 __all__ = ["DriverSession", "app_path_of", "recorded_output"]
 
@@ -157,6 +158,7 @@ class DriverSession:
             return recorded_output(self.ep, record)
         self.phases.mark("claim")
         load = await asyncio.to_thread(runs.load_journal)
+        share_workers(load.records)
         self.phases.mark("load")
         for key in load.corrupt:
             log.warning("journal segment %s failed its checksum; its tasks will run again", key)
