@@ -105,7 +105,9 @@ def test_completed_record_carries_driver_and_worker_times_worker_and_files(tmp_p
     ts = done["ts"]
     assert (ts["s"], ts["e"]) == (100.25, 100.75)  # the worker's clock, as it sent them
     assert ts["d"] <= ts["r"] and ts["d"] > 1e9  # the driver's clock, around the call
-    assert done["w"] == ["node-1", "10.0.0.7", 4242]
+    (worker,) = [r for r in records if r["y"] == "w"]  # once, before the record naming it
+    assert worker == {"y": "w", "i": 0, "n": "node-1", "ip": "10.0.0.7", "p": 4242}
+    assert done["w"] == 0 and records.index(worker) < records.index(done)
     assert done["fs"] == {"n": 2, "b": 2048}  # rows unknown: no "r"
 
 
@@ -115,7 +117,10 @@ def test_failed_record_keeps_the_stamp_that_travelled_and_the_traceback(tmp_path
     records, index = _invoke(StampedExecutor(fail_first=error), tmp_path)
     (failed,) = [r for r in records if r["y"] == "f"]
     assert failed["ts"]["s"] == 5.0 and failed["ts"]["e"] == 6.0
-    assert failed["w"] == ["n", "1.2.3.4", 9]
+    workers = {r["i"]: [r["n"], r["ip"], r["p"]] for r in records if r["y"] == "w"}
+    assert workers[failed["w"]] == ["n", "1.2.3.4", 9]
+    (done,) = [r for r in records if r["y"] == "t"]
+    assert workers[done["w"]] == ["node-1", "10.0.0.7", 4242] and done["w"] != failed["w"]
     assert failed["tb"].endswith("Boom: wrapped")
     assert "tb" not in failed["e"]  # status' last_error stays {kind, type, message}
     assert index.executions == 2 and index.failures["t:k:0"] == 1
@@ -198,9 +203,10 @@ _times = st.one_of(_value, st.dictionaries(st.sampled_from(["d", "r", "s", "e"])
                                            st.one_of(_scalar, st.floats(1e9, 1e9 + 100)),
                                            max_size=4))
 _record = st.fixed_dictionaries(
-    {"y": st.sampled_from(["t", "f", "x", "p", "h", "o", "s", "c", "v", "?"])},
+    {"y": st.sampled_from(["t", "f", "x", "p", "h", "o", "w", "s", "c", "v", "?"])},
     optional={"k": _value, "n": _value, "a": _value, "e": _value, "r": _value, "ts": _times,
-              "w": _value, "fs": _value, "tb": _value, "o": _value, "p": _value, "b": _value,
+              "w": st.one_of(_value, st.integers(0, 3)), "i": st.one_of(_value, st.integers(0, 3)),
+              "ip": _value, "fs": _value, "tb": _value, "o": _value, "p": _value, "b": _value,
               "ep": st.one_of(_value, st.integers(0, 3)), "d": _value, "h": _value,
               "pid": _value, "t": _value})
 

@@ -54,7 +54,6 @@ from ._journal import GroupCommitter, JournalIndex, commit_interval, record_deta
 from ._orchestrator import Orchestrator
 from ._phases import SessionPhases
 from ._step import Budget, Progress, StepRunner
-from ._timing import share_workers
 
 __all__ = ["DriverSession", "app_path_of", "recorded_output"]
 
@@ -158,7 +157,6 @@ class DriverSession:
             return recorded_output(self.ep, record)
         self.phases.mark("claim")
         load = await asyncio.to_thread(runs.load_journal)
-        share_workers(load.records)
         self.phases.mark("load")
         for key in load.corrupt:
             log.warning("journal segment %s failed its checksum; its tasks will run again", key)
@@ -190,6 +188,7 @@ class DriverSession:
         steps = StepRunner(index, committer, executor, budget, self.progress,
                            before_retry=self.heartbeats.latest_details,
                            local=functools.partial(self._answer_locally, run_ctx))
+        steps.workers.load(load.records)
         orch = Orchestrator(self.app_cls, steps, index, committer, key_scheme=self.key_scheme)
         log.info("run %s: %d task results recorded, %d segments", runs.run_id,
                  len(index.tasks), load.segments)

@@ -25,7 +25,7 @@ from storage import LeaseLostError
 from ..dispatch import classify, decide
 from ..worker import objects_in
 from ._journal import GroupCommitter, JournalIndex
-from ._timing import cancelled_record, completed_fields, failed_fields
+from ._timing import WorkerTable, cancelled_record, completed_fields, failed_fields
 
 __all__ = ["Budget", "Executor", "Progress", "StepRunner", "TaskFailure"]
 
@@ -125,6 +125,8 @@ class StepRunner:
         self.on_dispatch: Callable[[], None] | None = None
         """Called (once, then cleared) before the first attempt is dispatched: the end of
         replay, for the driver's phases."""
+        self.workers = WorkerTable()
+        """The run's workers by number (attempt records name theirs: `_timing`)."""
 
     def recorded(self, spec: TaskSpec, key: str) -> Output | None:
         record = self.index.tasks.get(key)
@@ -189,9 +191,9 @@ class StepRunner:
                 raise  # the driver's fencing: not a task failure
             except Exception as exc:
                 failure = classify(exc, timeout)
-                history = failed_fields(exc, dispatched, time.time())
+                history = failed_fields(exc, dispatched, time.time(), self._worker)
             else:
-                data, history = completed_fields(result, dispatched, time.time())
+                data, history = completed_fields(result, dispatched, time.time(), self._worker)
                 output = decode_output(spec, data, replay=False)
                 record = {"y": "t", "k": key, "n": spec.name, "o": data, "a": number, **history}
                 self.index.apply(record)
@@ -228,6 +230,9 @@ class StepRunner:
                 await self.sleep(decision.delay)
             finally:
                 self.progress.retrying -= 1
+
+    def _worker(self, w: list[Any]) -> int:
+        return self.workers.number(w, self.committer.append)
 
     def _journal_cancelled(self, spec: TaskSpec, key: str, number: int,
                            dispatched: float) -> None:

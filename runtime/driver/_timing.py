@@ -8,10 +8,13 @@ cancelled itself: not a failure, not an execution):
         wait for a feasible node counts as queueing), s and e on the worker's (so `e - s` is
         free of clock skew between driver and worker). A worker that died, a timeout, a lost
         heartbeat or a cancel leave no s and e: d and r are what is known.
-  "w":  [node id, node ip, worker pid], each null when not known. The driver keeps every
-        record of a session in memory (for compaction), so records of one worker share one
-        list (`_WORKERS`; `share_workers` does the same for a loaded journal): a few hundred
-        bytes per attempt saved, on a 5,000-task run about 1.3 MB
+  "w":  the worker's number in the run's worker table: a "w" record, written once per worker
+        just before the first attempt record that names it, says who it is:
+        {"y": "w", "i": number, "n": node id, "ip": node ip, "p": worker pid} (any may be null).
+        Rejected: the node, ip and pid in every record (as a list or a map). The driver keeps
+        every record of a session in memory for compaction, and a loaded journal decodes every
+        record's copy: 270 bytes per attempt of driver memory and 75 bytes of journal, where a
+        number costs nothing (numbers up to 256 are shared objects) and two bytes.
   "fs": {"n": files, "b": bytes, "r": rows (where the format says)} of the output's
         FileReferences
   "tb": the worker's traceback of a failure (the last 8,000 characters)
@@ -23,49 +26,56 @@ optional (`runtime.views._timeline`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from ray import exceptions as rx
 
 from ..worker import STAMP_ATTR
 
-__all__ = ["TRACEBACK_LIMIT", "cancelled_record", "completed_fields", "failed_fields",
-           "share_workers"]
+__all__ = ["TRACEBACK_LIMIT", "WorkerTable", "cancelled_record", "completed_fields",
+           "failed_fields"]
 
 TRACEBACK_LIMIT = 8_000
-_WORKERS: dict[tuple[Any, ...], list[Any]] = {}
-"""One list per (node, ip, pid) seen by this process: records point at it, never change it."""
-_MAX_WORKERS = 10_000
+
+Number = Callable[[list[Any]], Any]
+"""What turns a worker's [node, ip, pid] into what its records carry (`WorkerTable.number`)."""
 
 
-def _shared(w: list[Any]) -> list[Any]:
-    key = tuple(w)
-    found = _WORKERS.get(key)
-    if found is None:
-        if len(_WORKERS) >= _MAX_WORKERS:  # a long-lived process: do not grow without bound
-            _WORKERS.clear()
-        found = _WORKERS[key] = w
-    return found
+class WorkerTable:
+    """The run's workers by number (see "w" above), continued from the loaded journal."""
 
+    def __init__(self) -> None:
+        self._numbers: dict[tuple[Any, ...], int] = {}
+        self._next = 0
 
-def share_workers(records: list[dict[str, Any]]) -> None:
-    """Make records of one worker point at one "w" list (after a journal load)."""
-    for record in records:
-        w = record.get("w")
-        if isinstance(w, list) and len(w) == 3:
-            try:
-                record["w"] = _shared(w)
-            except TypeError:  # an unhashable item: a record from elsewhere, left as it is
-                pass
+    def load(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            i = record.get("i")
+            if record.get("y") == "w" and isinstance(i, int):
+                key = (record.get("n"), record.get("ip"), record.get("p"))
+                self._numbers.setdefault(key, i)
+                self._next = max(self._next, i + 1)
+
+    def number(self, w: list[Any], append: Callable[[dict[str, Any]], None]) -> int:
+        """The number of worker `w`, appending its "w" record the first time it is seen."""
+        key = tuple(w)
+        found = self._numbers.get(key)
+        if found is None:
+            found = self._numbers[key] = self._next
+            self._next += 1
+            append({"y": "w", "i": found, "n": w[0], "ip": w[1], "p": w[2]})
+        return found
 
 
 def _where(w: Any) -> list[Any] | None:
-    if not isinstance(w, (list, tuple)) or len(w) != 3 or all(v is None for v in w):
+    if not isinstance(w, (list, tuple)) or len(w) != 3:
         return None
-    return _shared([v if isinstance(v, (str, int)) else None for v in w])
+    found = [v if isinstance(v, (str, int)) and not isinstance(v, bool) else None for v in w]
+    return None if all(v is None for v in found) else found
 
 
-def _fields(stamp: Any, d: float, r: float) -> dict[str, Any]:
+def _fields(stamp: Any, d: float, r: float, number: Number) -> dict[str, Any]:
     ts: dict[str, Any] = {"d": d, "r": r}
     out: dict[str, Any] = {"ts": ts}
     if isinstance(stamp, dict):
@@ -73,7 +83,7 @@ def _fields(stamp: Any, d: float, r: float) -> dict[str, Any]:
             ts["s"], ts["e"] = stamp["s"], stamp["e"]
         where = _where(stamp.get("w"))
         if where:
-            out["w"] = where
+            out["w"] = number(where)
         files = stamp.get("f")
         if isinstance(files, list) and len(files) == 3:
             fs = {"n": files[0], "b": files[1]}
@@ -83,14 +93,15 @@ def _fields(stamp: Any, d: float, r: float) -> dict[str, Any]:
     return out
 
 
-def completed_fields(result: Any, d: float, r: float) -> tuple[bytes, dict[str, Any]]:
+def completed_fields(result: Any, d: float, r: float,
+                     number: Number = list) -> tuple[bytes, dict[str, Any]]:
     """(output bytes, history fields) of what an executor answered: (bytes, stamp) from Ray,
     or bare bytes from an executor that reports no stamp (in-process tests)."""
     if isinstance(result, tuple):
         data, stamp = result
     else:
         data, stamp = result, None
-    return data, _fields(stamp, d, r)
+    return data, _fields(stamp, d, r, number)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -113,15 +124,16 @@ def _traceback(exc: BaseException, ray_text: str | None) -> str | None:
     return text[-TRACEBACK_LIMIT:]
 
 
-def failed_fields(exc: BaseException, d: float, r: float) -> dict[str, Any]:
+def failed_fields(exc: BaseException, d: float, r: float,
+                  number: Number = list) -> dict[str, Any]:
     """History fields of a failed attempt from what awaiting it raised."""
     stamp = getattr(exc, STAMP_ATTR, None)  # a RayTaskError looks attributes up on its cause
-    out = _fields(stamp, d, r)
+    out = _fields(stamp, d, r, number)
     ray_text = _ray_text(exc)
     if "w" not in out and ray_text:  # the stamp did not travel: Ray's header names the worker
         found = _HEADER.search(ray_text)
         if found:
-            out["w"] = _shared([None, found.group(2), int(found.group(1))])
+            out["w"] = number([None, found.group(2), int(found.group(1))])
     tb = _traceback(exc, ray_text)
     if tb:
         out["tb"] = tb

@@ -2,7 +2,8 @@
 phase, heartbeat details, stored objects. `trace`, `status --tasks` and the run pages read it.
 
 Attempt records ("t", "f", "x") carry their history as optional fields (written by
-`runtime.driver._timing`): "ts" {d, r, s, e}, "w" [node, ip, pid], "fs" {n, b, r}, "tb". Records
+`runtime.driver._timing`): "ts" {d, r, s, e}, "w" a worker number (its "w" record: node, ip,
+pid), "fs" {n, b, r}, "tb". Records
 written before those fields existed have none: their attempts are listed, with no times
 (`Span.duration is None`), and counted in `Timeline.untimed`. Driver phases are "p" records
 (`runtime.driver._phases`): the latest record of a (session, phase) wins, so a phase journaled
@@ -142,10 +143,11 @@ def _outcome(record: dict[str, Any]) -> str:
     return str(error.get("kind") or "error") if isinstance(error, dict) else "error"
 
 
-def _span(record: dict[str, Any]) -> Span:
+def _span(record: dict[str, Any], workers: dict[int, tuple[Any, Any, Any]]) -> Span:
     ts = record.get("ts") if isinstance(record.get("ts"), dict) else {}
     w = record.get("w")
-    node, ip, pid = w if isinstance(w, list) and len(w) == 3 else (None, None, None)
+    node, ip, pid = workers.get(w, (None, None, None)) if isinstance(w, int) else \
+        (None, None, None)
     started, ended = _num(ts.get("s")), _num(ts.get("e"))
     if started is None or ended is None or ended < started:
         started = ended = None
@@ -180,10 +182,13 @@ def timeline(records: Iterable[dict[str, Any]]) -> Timeline:
     """The history in journal `records` (as `RunStore.load_journal` returns them)."""
     tl = Timeline()
     phases: dict[tuple[int, str], Phase] = {}
+    records = list(records)
+    workers = {r["i"]: (r.get("n"), r.get("ip"), r.get("p")) for r in records
+               if r.get("y") == "w" and isinstance(r.get("i"), int)}
     for record in records:
         kind = record.get("y")
         if kind in ("t", "f", "x"):
-            tl.spans.append(_span(record))
+            tl.spans.append(_span(record, workers))
             if kind == "t" and isinstance(record.get("o"), bytes):
                 tl.outputs.setdefault(str(record.get("k")), record["o"])
         elif kind == "p":
