@@ -102,8 +102,7 @@ def test_trace_of_known_sleeps_retries_and_files(cli, read_cli, file_store, tmp_
         assert names[(event["pid"], None)].startswith("node ")
         assert names[(event["pid"], event["tid"])] == f"worker pid {event['tid']}"
     phases = [e["name"] for e in sorted(_phases(trace), key=lambda e: e["ts"])]
-    assert phases == ["claim", "load", "seal", "setup", "run", "on_complete", "compact",
-                      "finish"]
+    assert phases == ["claim", "load", "seal", "setup", "run", "on_complete", "finish"]
     assert all(e["ph"] == "X" for e in _phases(trace))
 
 
@@ -185,7 +184,7 @@ def test_resume_after_driver_sigkill_shows_both_drivers_and_no_attempt_twice(
     assert "never" in open_run["args"]["ended"]
     second = {e["name"] for e in sessions[2]}
     assert second == {"claim", "load", "seal", "setup", "run", "replay", "on_complete",
-                      "compact", "finish"}
+                      "finish"}
     assert all(e["ph"] == "X" for e in sessions[2])
     (replay,) = [e for e in sessions[2] if e["name"] == "replay"]
     (run2,) = [e for e in sessions[2] if e["name"] == "run"]

@@ -12,14 +12,14 @@ session's phases follow each other without gaps, each beginning where the last e
   run          run(): its begin is journaled when run() starts ("e" absent), so a driver
                killed during run() shows it begun and never ended; then again with its end
   replay       nested at the start of `run` on a resume: until the first dispatch
-  on_complete  make completions durable, then on_complete()
-  compact      close the committer, compact the journal
+  on_complete  make completions durable, then on_complete(), close the committer
   finish       the final run record
 
-Records ride along with the journal's own segments (no write of their own), except `compact`
-and `finish`, which happen after the journal's last segment: they go into one small segment
-written after the final record (one object write per driver session). A session that finds
-the run COMPLETED, or loses its lease, journals no phases.
+Records ride along with the journal's own segments (no write of their own), except `finish`,
+which happens after the last one: it rides in the compacted segment the session writes after
+the final record, or, for a journal too short to compact, in one small segment of its own. The
+compaction itself is the one step not timed (nothing is written after it). A session that
+finds the run COMPLETED, or loses its lease, journals no phases.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ The order matters, and each step is there to keep a promise:
 4. Before on_complete() starts, every completion is made durable (`committer.flush()`):
    `cleanup_storage` deletes TRANSIENT objects, and a completion that points at one must never
    be lost after the object is gone.
-5. Finish: the final record, conditional on this session's version of it.
+5. Finish: the final record, conditional on this session's version of it; then the journal
+   is compacted (one object for the next load).
 
 Each step's time is journaled as a phase ("p" records: `_phases`), so `trace` and the run page
 show where a driver spent its time, also for a driver that was killed.
@@ -292,11 +293,6 @@ class DriverSession:
         self.phases.mark("on_complete")
         self._journal_phases(committer)
         await committer.close()
-        try:
-            await asyncio.to_thread(committer.compact, self.load)
-        except Exception as exc:  # the journal is intact without it, only slower to load
-            log.warning("run %s: journal compaction skipped: %s", record.run_id, exc)
-        self.phases.mark("compact")
         return await self._finish(record, orch, outcome, output, error)
 
     # -- phases (`_phases`) ------------------------------------------------------------------
@@ -322,12 +318,21 @@ class DriverSession:
             self.phases.nested("replay", self._run_began)
         self.phases.mark("run")
 
-    def _write_phases_tail(self) -> None:
-        """The phases after the journal's last segment, in one segment of their own."""
-        records = self.phases.take()
+    def _compact_with_last_phases(self) -> None:
+        """After the final record: compact the journal, the last phase (`finish`) riding in
+        the compacted segment; a journal too short to compact gets one small segment for it.
+        (Compaction comes after the final record so that the record's write is journaled.)"""
+        committer, records = self._committer, self.phases.take()
+        seq = committer.seq
+        committer.written_records.extend(records)
+        try:
+            committer.compact(self.load)
+        except Exception as exc:  # the journal is intact without it, only slower to load
+            log.warning("run %s: journal compaction skipped: %s", self.runs.run_id, exc)
+        if committer.seq != seq:  # compacted: the phases are in the new segment
+            return
         try:
             self.lease.ensure()
-            seq = self._committer.seq
             while not self.runs.write_segment(self.lease.epoch, seq, records):
                 seq += 1
         except Exception as exc:  # the run's outcome is recorded; only its history is shorter
@@ -419,7 +424,7 @@ class DriverSession:
             record.error = {"type": "Cancelled", "message": self.cancel_reason or "cancelled"}
         await self._write_record(record)
         self.phases.mark("finish")
-        await asyncio.to_thread(self._write_phases_tail)
+        await asyncio.to_thread(self._compact_with_last_phases)
         if self.on_progress is not None:
             self.on_progress(record.progress)
         if outcome == "completed":
