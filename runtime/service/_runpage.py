@@ -34,7 +34,7 @@ from markupsafe import Markup, escape
 
 from storage import Lease, RunRecord, RunStatus, RunStore, Store, find_runs, list_runs
 
-from ..views import Span, Timeline, describe, load_timeline, task_rows
+from ..views import Span, Timeline, load_timeline, task_rows
 
 __all__ = ["LANE_H", "MAX_ERRORS", "WIDTH", "find_run", "live_update", "run_list", "run_page"]
 
@@ -266,32 +266,43 @@ def _files(tl: Timeline) -> list[dict[str, Any]]:
 
 
 def _bars_markup(bars: list[dict[str, Any]], layout: _Layout) -> Markup:
+    # lean on purpose (thousands of them): the height and the colour (by data-o) come from
+    # pages.css, numbers have one decimal, the element closes itself
     parts = []
     for b in bars:
         extra = f' data-q="{b["queued"]}"' if b["queued"] is not None else ""
         if b["error"]:
             extra += f' data-err="{escape(b["error"])}"'
-        failed = " failed" if b["failed"] else ""
         parts.append(
-            f'<rect class="bar o-{escape(b["outcome"])}{failed}" x="{layout.x(b["b"]):.2f}" '
-            f'y="{b["y"]:g}" width="{layout.width(b["b"], b["e"]):.2f}" height="{LANE_H:g}" '
-            f'data-b="{b["b"]}" data-e="{b["e"]}" data-t="{escape(b["task"])}" '
-            f'data-k="{escape(b["key"])}" data-a="{b["attempt"]}" '
-            f'data-o="{escape(b["outcome"])}"{extra}></rect>')
+            f'<rect class="bar{" failed" if b["failed"] else ""}" x="{layout.x(b["b"]):.1f}" '
+            f'y="{b["y"]:g}" width="{layout.width(b["b"], b["e"]):.1f}" data-b="{b["b"]}" '
+            f'data-e="{b["e"]}" data-t="{escape(b["task"])}" data-k="{escape(b["key"])}" '
+            f'data-a="{b["attempt"]}" data-o="{escape(b["outcome"])}"{extra}/>')
     return Markup("\n".join(parts))
 
 
 def _rows_markup(rows: list[dict[str, Any]]) -> Markup:
+    # the columns are styled by position (pages.css): no attribute a row can do without
     parts = []
     for t in rows:
-        key, state = escape(t["key"]), escape(t["state"])
+        state = escape(t["state"])
         parts.append(
-            f'<tr data-key="{key}" data-state="{state}"><td>{escape(t["task"])}</td>'
-            f'<td><span class="state t-{state}">{state}</span></td>'
-            f'<td class="num">{t["attempts"]}</td><td class="num">{escape(t["time"])}</td>'
-            f'<td class="mono">{key}</td><td>{escape(t["files"])}</td>'
-            f'<td class="err">{escape(t["error"])}</td></tr>')
+            f'<tr><td>{escape(t["task"])}</td><td><span class="state t-{state}">{state}'
+            f'</span></td><td>{t["attempts"]}</td><td>{escape(t["time"])}</td>'
+            f'<td>{escape(t["key"])}</td><td>{escape(t["files"])}</td>'
+            f'<td>{escape(t["error"])}</td></tr>')
     return Markup("\n".join(parts))
+
+
+def _counts(tl: Timeline) -> dict[str, int]:
+    """What `status` counts, from the timeline (one journal read for the whole page)."""
+    done = {s.key for s in tl.spans if s.outcome == "completed"}
+    return {"tasks_done": len(done),
+            "tasks_failed": len({s.key for s in tl.spans
+                                 if s.failed and not s.retried and s.key not in done}),
+            "attempts": sum(1 for s in tl.spans if s.outcome != "cancelled"),
+            "failed_attempts": sum(1 for s in tl.spans if s.failed),
+            "journal_segments": tl.segments}
 
 
 def run_page(store: Store, record: RunRecord) -> dict[str, Any]:
@@ -303,7 +314,8 @@ def run_page(store: Store, record: RunRecord) -> dict[str, Any]:
     layout, phases, bars = _timeline_view(tl, origin, extent)
     failures = [s for s in tl.spans if s.failed]
     rows = task_rows(tl, live)
-    info = describe(store, record)
+    driver = "finished" if record.status.finished else "running" if live else "gone"
+    info = {**_counts(tl), "driver": driver}
     end = record.finished_at or (time.time() if live else record.updated_at)
     return {
         "record": record, "state": state, "live": live, "info": info,
@@ -352,8 +364,5 @@ def live_update(store: Store, record: RunRecord, since: int, origin: float) -> d
         "bars": bars, "phases": phases,
         "rows": [_task_row(r) for r in rows if r.key in keys], "calls": len(rows),
         "driver": "finished" if record.status.finished else "running" if live else "gone",
-        "counters": {"done": sum(1 for s in tl.spans if s.outcome == "completed"),
-                     "attempts": sum(1 for s in tl.spans if s.outcome != "cancelled"),
-                     "failed_attempts": sum(1 for s in tl.spans if s.failed),
-                     "running": progress.get("running", 0) if live else 0},
+        "counters": {**_counts(tl), "running": progress.get("running", 0) if live else 0},
     }

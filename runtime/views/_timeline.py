@@ -111,6 +111,8 @@ class Timeline:
     """{"k", "p", "t"} of every stored object the run's outputs created."""
     outputs: dict[str, bytes] = field(default_factory=dict)
     """Recorded output bytes per call key (of calls that completed)."""
+    segments: int = 0
+    """Journal segments the records came from (`load_timeline`)."""
 
     @property
     def untimed(self) -> int:
@@ -209,4 +211,7 @@ def timeline(records: Iterable[dict[str, Any]]) -> Timeline:
 
 def load_timeline(store: Store, record: RunRecord) -> Timeline:
     """The history of run `record`, read from its journal (what is recorded so far)."""
-    return timeline(RunStore(store, record.app, record.run_id).load_journal().records)
+    load = RunStore(store, record.app, record.run_id).load_journal()
+    tl = timeline(load.records)
+    tl.segments = load.segments
+    return tl

@@ -75,8 +75,8 @@
   function addBar(b) {
     var y = lane(b.lane, b.lane_label, "worker");
     var r = document.createElementNS(NS, "rect");
-    r.setAttribute("class", "bar o-" + b.outcome + (b.failed ? " failed" : ""));
-    r.setAttribute("y", y); r.setAttribute("height", laneH);
+    r.setAttribute("class", "bar" + (b.failed ? " failed" : ""));
+    r.setAttribute("y", y);
     var data = {b: b.b, e: b.e, t: b.task, k: b.key, a: b.attempt, o: b.outcome};
     if (b.queued !== null) { data.q = b.queued; }
     if (b.error) { data.err = b.error; }
@@ -145,28 +145,33 @@
     detail.hidden = false;
   });
 
-  function cell(tr, text, cls) {
+  function cell(tr, text) {
     var td = document.createElement("td");
-    if (cls) { td.className = cls; }
     td.textContent = text;
     tr.appendChild(td);
     return td;
   }
 
+  var rowsByKey = null;  // call key -> row, built at the first update
+
   function upsertRow(row) {
     var body = document.querySelector("#tasks tbody");
+    if (rowsByKey === null) {
+      rowsByKey = new Map();
+      Array.prototype.forEach.call(body.rows, function (r) {
+        if (r.cells.length > 4) { rowsByKey.set(r.cells[4].textContent, r); }
+      });
+    }
     var tr = document.createElement("tr");
-    tr.dataset.key = row.key; tr.dataset.state = row.state;
     cell(tr, row.task);
     var state = document.createElement("span");
     state.className = "state t-" + row.state; state.textContent = row.state;
     cell(tr, "").appendChild(state);
-    cell(tr, String(row.attempts), "num"); cell(tr, row.time, "num");
-    cell(tr, row.key, "mono"); cell(tr, row.files); cell(tr, row.error, "err");
-    var old = Array.prototype.find.call(body.rows, function (r) {
-      return r.dataset.key === row.key;
-    });
+    cell(tr, String(row.attempts)); cell(tr, row.time);
+    cell(tr, row.key); cell(tr, row.files); cell(tr, row.error);
+    var old = rowsByKey.get(row.key);
     if (old) { body.replaceChild(tr, old); } else { body.appendChild(tr); }
+    rowsByKey.set(row.key, tr);
   }
 
   function setText(id, text) {
@@ -193,10 +198,11 @@
     var state = document.getElementById("state");
     state.textContent = update.state;
     state.className = "state s-" + update.state.toLowerCase();
-    setText("c-done", update.counters.done);
+    setText("c-done", update.counters.tasks_done);
     setText("c-calls", update.calls);
     setText("driver", update.driver);
     setText("c-attempts", update.counters.attempts);
+    setText("c-tasks-failed", update.counters.tasks_failed);
     setText("c-failed", update.counters.failed_attempts);
   }
 
