@@ -249,6 +249,7 @@ def test_live_run_page_shows_new_bars_as_tasks_finish_without_a_reload(pages, ch
                 bars: document.querySelectorAll('rect.bar').length,
                 naps: [...document.querySelectorAll('#tasks tbody tr')]
                         .filter(r => r.cells[0].textContent === 'nap').length,
+                rows: document.querySelectorAll('#tasks tbody tr').length,
                 same: window.__same_page, note: document.getElementById('live-note')
                         .textContent}))()""")
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -259,6 +260,7 @@ def test_live_run_page_shows_new_bars_as_tasks_finish_without_a_reload(pages, ch
     seen = asyncio.run(scenario())
     assert seen["live"] == "true" and seen["before"] == 2
     assert seen["after"]["bars"] == 6 and seen["after"]["naps"] == 6
+    assert seen["after"]["rows"] == 8  # the naps and on_complete's two cleanups
     assert seen["after"]["same"] == 42  # the same document: no reload
     assert "finished" in seen["after"]["note"]
     assert seen["errors"] == [], seen["errors"]

@@ -281,7 +281,16 @@ def _bars_markup(bars: list[dict[str, Any]], layout: _Layout) -> Markup:
     return Markup("\n".join(parts))
 
 
-def _rows_markup(rows: list[dict[str, Any]]) -> Markup:
+TASK_CHUNK = 250
+"""Task rows per chunk of the table (each laid out by the browser only when scrolled to)."""
+
+
+def _rows_markup(rows: list[dict[str, Any]]) -> list[Markup]:
+    """The task rows in chunks of TASK_CHUNK."""
+    return [_chunk(rows[i:i + TASK_CHUNK]) for i in range(0, len(rows), TASK_CHUNK)]
+
+
+def _chunk(rows: list[dict[str, Any]]) -> Markup:
     # the columns are styled by position (pages.css): no attribute a row can do without
     parts = []
     for t in rows:
@@ -355,7 +364,7 @@ def live_update(store: Store, record: RunRecord, since: int, origin: float) -> d
     if since > len(tl.spans):  # the journal was rewritten under the page: start again
         since = 0
     _layout, phases, bars = _timeline_view(tl, origin, extent, since)
-    keys = {b["key"] for b in bars}
+    keys = {s.key for s in tl.spans[since:]}  # timed or not (the driver's cleanups are not)
     progress = record.progress or {}
     rows = task_rows(tl, live)
     return {

@@ -155,10 +155,11 @@
   var rowsByKey = null;  // call key -> row, built at the first update
 
   function upsertRow(row) {
-    var body = document.querySelector("#tasks tbody");
+    var bodies = document.querySelectorAll("#tasks tbody");
+    var body = bodies[bodies.length - 1];  // new calls go to the last chunk
     if (rowsByKey === null) {
       rowsByKey = new Map();
-      Array.prototype.forEach.call(body.rows, function (r) {
+      document.querySelectorAll("#tasks tbody tr").forEach(function (r) {
         if (r.cells.length > 4) { rowsByKey.set(r.cells[4].textContent, r); }
       });
     }
@@ -170,7 +171,7 @@
     cell(tr, String(row.attempts)); cell(tr, row.time);
     cell(tr, row.key); cell(tr, row.files); cell(tr, row.error);
     var old = rowsByKey.get(row.key);
-    if (old) { body.replaceChild(tr, old); } else { body.appendChild(tr); }
+    if (old) { old.parentNode.replaceChild(tr, old); } else { body.appendChild(tr); }
     rowsByKey.set(row.key, tr);
   }
 
