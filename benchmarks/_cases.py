@@ -44,8 +44,9 @@ SIZES: dict[str, tuple[list[int], list[int]]] = {
     "checkpoint": ([200], [20]),
     "jobs": ([100], [10]),
     "service": ([5], [5]),
+    "observe": ([5000], [200]),
 }
-OPT_IN = ("jobs", "service")
+OPT_IN = ("jobs", "service", "observe")
 """Cases run only when named in --cases."""
 
 
@@ -582,4 +583,5 @@ CASES: dict[str, CaseFn] = {
     "checkpoint": _extra("checkpoint"),
     "jobs": _extra("jobs"),
     "service": _extra("service"),
+    "observe": _extra("observe"),
 }

@@ -12,6 +12,8 @@
   (`--cases jobs`): it starts a Ray head of its own next to the benchmark's Ray.
 - `benchmarks/bench_service.py` (`run(runs)`): the app service of issue 15 (start to first
   task, `/status` under load). Opt-in (`--cases service`) for the same reason.
+- `benchmarks/bench_observe.py` (`run(tasks)`): `trace` and the run page of issue 16. Opt-in
+  (`--cases observe`): it starts a service and a Chromium.
 
 Whatever is not there yet is reported as "not available" rather than failing the run.
 """
@@ -30,8 +32,8 @@ from typing import Any
 from ._cases import Context
 from ._measure import Table, Variant, fmt_s, interleave, median
 
-__all__ = ["case_checkpoint", "case_files", "case_jobs", "case_service", "case_sql",
-           "case_startup"]
+__all__ = ["case_checkpoint", "case_files", "case_jobs", "case_observe", "case_service",
+           "case_sql", "case_startup"]
 
 
 def _module(name: str) -> tuple[Any, str | None]:
@@ -150,6 +152,16 @@ async def case_service(ctx: Context) -> Table:
         t.notes.append(f"not available: {why}")
         return t
     return await _dict_case(ctx, "service", title, bench, "runs", lambda n: f"{n} runs")
+
+
+async def case_observe(ctx: Context) -> Table:
+    title = "8e. Seeing a run: trace and run page of an N-task run, history cost (opt-in)"
+    bench, why = _module("benchmarks.bench_observe")
+    if bench is None:
+        t = Table("observe", title, ["tasks", "figure", "median", "range"])
+        t.notes.append(f"not available: {why}")
+        return t
+    return await _dict_case(ctx, "observe", title, bench, "tasks", lambda n: f"{n:,} tasks")
 
 
 def _repeat(ctx: Context) -> int:

@@ -1,4 +1,4 @@
-"""`connector-runtime`: run, resume, status, list, cancel, files (and gc, demo, serve).
+"""`connector-runtime`: run, resume, status, list, cancel, files (and gc, demo, serve, trace).
 
 stdout carries only results (the run's Output as JSON, as the last thing printed); progress and
 logs go to stderr, so `ray job logs` and shell pipelines both work. Exit codes: 0 success,
@@ -325,6 +325,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     store = _store(args)
     record = _find_record(store, args.run_id)
+    if args.tasks:
+        return _status_tasks(store, record, args.json)
     info = describe(store, record)
     if args.json:
         print(json.dumps(info, indent=2))  # JSON escapes control characters itself
@@ -333,6 +335,38 @@ def cmd_status(args: argparse.Namespace) -> int:
             text = json.dumps(value) if isinstance(value, dict) else value
             print(f"{key:>14}: {printable(text)}")
     return EXIT_OK
+
+
+def _status_tasks(store: Store, record: Any, as_json: bool) -> int:
+    """`status RUN_ID --tasks`: one row per task call (runtime/cli/_observe.py)."""
+    from ._observe import print_tasks
+
+    print_tasks(store, record, as_json)
+    return EXIT_OK
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """`trace RUN_ID`: the run's history as Chrome Trace Event JSON (runtime/cli/_observe.py)."""
+    from ._observe import write_trace
+
+    store = _store(args)
+    record = _find_record(store, args.run_id)
+    try:
+        write_trace(store, record, args.output)
+    except OSError as exc:
+        raise CliError(f"--output {args.output}: cannot write the trace: "
+                       f"{exc.strerror or exc}") from exc
+    return EXIT_OK
+
+
+def _trace_parser(sub: Any, store_args: Any) -> None:
+    p = sub.add_parser("trace", help="write a run's attempts and driver phases as a Chrome/"
+                       "Perfetto trace (docs/observability.md)")
+    p.add_argument("run_id")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="where to write it (default RUN_ID.trace.json; - for stdout)")
+    store_args(p)
+    p.set_defaults(fn=cmd_trace)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -501,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show a run's state")
     p.add_argument("run_id")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--tasks", action="store_true",
+                   help="one row per task call: state, attempts, total time, last error")
     store_args(p)
     p.set_defaults(fn=cmd_status)
 
@@ -537,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_gc)
     _serve_parser(sub, store_args)
     _files_parser(sub, store_args)
+    _trace_parser(sub, store_args)
     return parser
 
 

@@ -4,6 +4,10 @@ Each attempt's result is an asyncio future settled from Ray's completion callbac
 that ends an attempt early (its timeout, a lost heartbeat, cancellation of run()) settles that
 future with an error and cancels the Ray task with force, which kills the worker process: a task
 blocked in C code or `time.sleep` cannot ignore it.
+
+A completed attempt is answered as (output bytes, the worker's stamp: start and end on its
+clock, node, pid, files; `runtime.worker._timing`). The dispatch and receive times are taken by
+the step runner around `run()`, on the driver's clock, for failures as much as completions.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from application_sdk.app import App, TaskSpec
 from application_sdk.errors import TaskUnschedulableError
 
 from .._runcontext import RunContext
-from ..worker import pack_attempt, remote_for
+from ..worker import pack_attempt, remote_for, unpack_result
 
 __all__ = ["Attempt", "RayExecutor"]
 
@@ -90,7 +94,7 @@ class RayExecutor:
         number: int,
         details: dict[str, Any] | None,
         timeout: float,
-    ) -> bytes:
+    ) -> tuple[bytes, dict[str, Any]]:
         checked = self._feasible.get(spec.name)
         if checked is None:  # one check per task name, shared by every call waiting on it
             checked = self._feasible[spec.name] = asyncio.ensure_future(
@@ -111,7 +115,7 @@ class RayExecutor:
         self.running[key] = attempt
         timer = loop.call_later(timeout, self.kill, key, TimeoutError())
         try:
-            return await result
+            return unpack_result(await result)
         except asyncio.CancelledError:
             _cancel(ref)
             raise

@@ -219,8 +219,10 @@ class _GuardedStep(collections.abc.Coroutine):
     def __init__(self, coro: Any) -> None:
         self._coro = coro
 
-    # Both paths restore the profile function after the step: a step that starts inside
-    # runtime code (unguarded) may leave it, when that code ends mid-step, back in run()'s.
+    # The profile function in place before the step is put back after it, guarded or not: a
+    # step that starts inside runtime_code() (unguarded) and leaves it (which switches the
+    # profile function on for run()'s code that follows) must not leave it on for whatever
+    # the loop runs next - the driver's own code after run() was refused time.time().
     def send(self, value: Any) -> Any:
         previous = sys.getprofile()
         if _guarding():

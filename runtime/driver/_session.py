@@ -11,7 +11,11 @@ The order matters, and each step is there to keep a promise:
 4. Before on_complete() starts, every completion is made durable (`committer.flush()`):
    `cleanup_storage` deletes TRANSIENT objects, and a completion that points at one must never
    be lost after the object is gone.
-5. Finish: the final record, conditional on this session's version of it.
+5. Finish: the final record, conditional on this session's version of it; then the journal
+   is compacted (one object for the next load).
+
+Each step's time is journaled as a phase ("p" records: `_phases`), so `trace` and the run page
+show where a driver spent its time, also for a driver that was killed.
 
 Fencing: every write and every dispatch first calls `lease.ensure()`, which trusts the lease
 only within its TTL on this process's monotonic clock. A session that finds its lease lost
@@ -53,6 +57,7 @@ from . import _guards as guards
 from ._journal import GroupCommitter, JournalIndex, commit_interval
 from ._keys import KEY_SCHEME
 from ._orchestrator import Orchestrator
+from ._phases import SessionPhases
 from ._step import Budget, Progress, StepRunner
 
 __all__ = ["Continued", "DriverSession", "app_path_of", "recorded_output"]
@@ -157,7 +162,9 @@ class DriverSession:
     # -- the session -----------------------------------------------------------------------
 
     async def execute(self, check_same_run: Callable[[RunRecord | None], None]) -> Output:
+        began = time.time()
         await asyncio.to_thread(self.lease.acquire)
+        self.phases = SessionPhases(self.lease.epoch, began)
         keeper = _LeaseKeeper(self.lease)
         keeper.start()
         try:
@@ -173,7 +180,9 @@ class DriverSession:
         check_same_run(record)
         if record is not None and record.status is RunStatus.COMPLETED:
             return recorded_output(self.ep, record)
+        self.phases.mark("claim")
         load = await asyncio.to_thread(runs.load_journal)
+        self.phases.mark("load")
         for key in load.corrupt:
             log.warning("journal segment %s failed its checksum; its tasks will run again", key)
         for key in load.fenced:
@@ -184,8 +193,10 @@ class DriverSession:
                                    interval=commit_interval(runs.store))
         committer.start()
         committer.append(runs.seal(self.lease.epoch, load.next_seq), urgent=True)
+        self._journal_phases(committer)
         await committer.flush()
         await self._write_record(record)
+        self.phases.mark("seal")
         pending_cancel = await asyncio.to_thread(runs.cancel_request)
         if pending_cancel is not None and pending_cancel[1] <= (record.cancel_honoured_at or 0):
             pending_cancel = None  # honoured already: this is a resume of the cancelled run
@@ -204,11 +215,13 @@ class DriverSession:
         budget = Budget(self.app_cls.max_task_executions, index.executions, runs.run_id)
         steps = StepRunner(index, committer, executor, budget, self.progress,
                            local=functools.partial(self._answer_locally, run_ctx))
+        steps.workers.load(load.records)
         orch = Orchestrator(self.app_cls, steps, index, committer, key_scheme=self.key_scheme)
         log.info("run %s: %d task results recorded, %d segments", runs.run_id,
                  len(index.tasks), load.segments)
         watch = asyncio.get_running_loop().create_task(self.heartbeats.run())
         self.load = load
+        self._committer = committer
         try:
             return await self._orchestrate(record, orch, executor, committer, pending_cancel)
         finally:
@@ -286,9 +299,11 @@ class DriverSession:
                         "honouring it before anything runs", record.run_id, pending_cancel[0])
             outcome = "cancelled"
         else:
+            self._run_phase_begins(orch, committer)
             outcome, output, error = await self._run_body(app, ctx, record, orch)
             await orch.close_run()  # what run() left running (gathered siblings) stops here
             executor.cancel_all()
+            self._run_phase_ends(orch)
         if self._lease_lost(committer, error):
             executor.cancel_all()
             await committer.close(raise_error=False)
@@ -307,11 +322,9 @@ class DriverSession:
                       type(exc).__name__, exc)
             if outcome == "completed":
                 error, outcome, output = exc, "failed", None
+        self.phases.mark("on_complete")
+        self._journal_phases(committer)
         await committer.close()
-        try:
-            await asyncio.to_thread(committer.compact, self.load)
-        except Exception as exc:  # the journal is intact without it, only slower to load
-            log.warning("run %s: journal compaction skipped: %s", record.run_id, exc)
         return await self._finish(record, orch, outcome, output, error)
 
     async def _run_body(self, app: App, ctx: contextvars.Context, record: RunRecord,
@@ -356,6 +369,50 @@ class DriverSession:
                 "objects. Pass values (a cursor, an offset) and let the continuation's tasks "
                 "read or write the files")
         return inp
+
+    # -- phases (`_phases`) ------------------------------------------------------------------
+
+    def _journal_phases(self, committer: GroupCommitter) -> None:
+        for phase in self.phases.take():
+            committer.append(phase)
+
+    def _run_phase_begins(self, orch: Orchestrator, committer: GroupCommitter) -> None:
+        self.phases.mark("setup")
+        self._run_began = self.phases.begin("run")
+        self._journal_phases(committer)
+        if self.recorded_at_start:  # a resume: replay lasts until the first dispatch
+            orch.steps.on_dispatch = functools.partial(self._replay_ends, committer)
+
+    def _replay_ends(self, committer: GroupCommitter) -> None:
+        self.phases.nested("replay", self._run_began)
+        self._journal_phases(committer)
+
+    def _run_phase_ends(self, orch: Orchestrator) -> None:
+        if orch.steps.on_dispatch is not None:  # nothing dispatched: run() was all replay
+            orch.steps.on_dispatch = None
+            self.phases.nested("replay", self._run_began)
+        self.phases.mark("run")
+
+    def _compact_with_last_phases(self) -> None:
+        """After the final record: compact the journal, the last phase (`finish`) riding in
+        the compacted segment; a journal too short to compact gets one small segment for it.
+        (Compaction comes after the final record so that the record's write is journaled.)"""
+        committer, records = self._committer, self.phases.take()
+        seq = committer.seq
+        committer.written_records.extend(records)
+        try:
+            committer.compact(self.load)
+        except Exception as exc:  # the journal is intact without it, only slower to load
+            log.warning("run %s: journal compaction skipped: %s", self.runs.run_id, exc)
+        if committer.seq != seq:  # compacted: the phases are in the new segment
+            return
+        try:
+            self.lease.ensure()
+            while not self.runs.write_segment(self.lease.epoch, seq, records):
+                seq += 1
+        except Exception as exc:  # the run's outcome is recorded; only its history is shorter
+            log.warning("run %s: the driver's last phases were not journaled: %s",
+                        self.runs.run_id, exc)
 
     def _lease_lost(self, committer: GroupCommitter, error: BaseException | None) -> bool:
         return (self.lease.lost or isinstance(error, LeaseLostError)
@@ -446,6 +503,8 @@ class DriverSession:
             assert self.continuation is not None
             record.continued_as = await asyncio.to_thread(self._create_continuation, record)
         await self._write_record(record)
+        self.phases.mark("finish")
+        await asyncio.to_thread(self._compact_with_last_phases)
         if self.on_progress is not None:
             self.on_progress(record.progress)
         if outcome == "completed":

@@ -2,6 +2,8 @@
 
 `StepRunner.invoke` is the whole life of one task call. It talks to the executor and the
 journal through small interfaces, so it is unit-tested with an in-process executor, no Ray.
+Each attempt's record carries its history (times, worker, files, traceback: `_timing`); an
+attempt the driver cancels itself is journaled as "x", neither a failure nor an execution.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from storage import LeaseLostError
 from ..dispatch import classify, decide
 from ..worker import objects_in
 from ._journal import GroupCommitter, JournalIndex
+from ._timing import WorkerTable, cancelled_record, completed_fields, failed_fields
 
 __all__ = ["Budget", "Executor", "Progress", "StepRunner", "TaskFailure", "log_failed_attempt"]
 
@@ -34,7 +37,8 @@ class Executor(Protocol):
     async def run(
         self, spec: TaskSpec, key: str, payload: bytes, number: int,
         details: dict[str, Any] | None, timeout: float,
-    ) -> bytes: ...
+    ) -> bytes | tuple[bytes, dict[str, Any]]: ...
+    """Output bytes, or (output bytes, the worker's stamp: `runtime.worker._timing`)."""
 
 
 @dataclass
@@ -133,6 +137,11 @@ class StepRunner:
         self.local = local
         """Answers a call in the driver when it can (None: dispatch it); recorded as attempt 0."""
         self.failures: list[TaskFailure] = []
+        self.on_dispatch: Callable[[], None] | None = None
+        """Called (once, then cleared) before the first attempt is dispatched: the end of
+        replay, for the driver's phases."""
+        self.workers = WorkerTable()
+        """The run's workers by number (attempt records name theirs: `_timing`)."""
 
     def recorded(self, spec: TaskSpec, key: str) -> Output | None:
         record = self.index.tasks.get(key)
@@ -149,6 +158,9 @@ class StepRunner:
         answer = await self._answer_locally(spec, key, inp)
         if answer is not None:
             return answer
+        if self.on_dispatch is not None:
+            self.on_dispatch, first = None, self.on_dispatch
+            first()
         return await self._attempts(spec, key, payload)
 
     async def _answer_locally(self, spec: TaskSpec, key: str, inp: Input) -> Output | None:
@@ -182,17 +194,23 @@ class StepRunner:
                 timeout = max(0.001, min(timeout, left))
             self.progress.running += 1
             self.progress.attempts += 1
+            dispatched = time.time()
             try:
-                data = await self.executor.run(
+                result = await self.executor.run(
                     spec, key, payload, number, self.index.details.get(key), timeout
                 )
-            except (asyncio.CancelledError, LeaseLostError):
-                raise  # the driver's own cancellation, or its fencing: not a task failure
+            except asyncio.CancelledError:  # the driver's own cancellation: not a failure
+                self._journal_cancelled(spec, key, number, dispatched)
+                raise
+            except LeaseLostError:
+                raise  # the driver's fencing: not a task failure
             except Exception as exc:
                 failure = classify(exc, timeout)
+                history = failed_fields(exc, dispatched, time.time(), self._worker)
             else:
+                data, history = completed_fields(result, dispatched, time.time(), self._worker)
                 output = decode_output(spec, data, replay=False)
-                record = {"y": "t", "k": key, "n": spec.name, "o": data, "a": number}
+                record = {"y": "t", "k": key, "n": spec.name, "o": data, "a": number, **history}
                 self.index.apply(record)
                 self.committer.append(record)
                 for obj in objects_in(key, output):
@@ -209,7 +227,7 @@ class StepRunner:
             decision = decide(opts, failure, failed, losses, time.monotonic() - started)
             log_failed_attempt(spec, key, number, failure, decision)
             record = {"y": "f", "k": key, "n": spec.name, "a": number,
-                      "e": failure.as_record(), "r": decision.retry}
+                      "e": failure.as_record(), "r": decision.retry, **history}
             self.index.apply(record)
             self.committer.append(record)
             if not decision.retry:
@@ -227,3 +245,18 @@ class StepRunner:
                 await self.sleep(decision.delay)
             finally:
                 self.progress.retrying -= 1
+
+    def _worker(self, w: list[Any]) -> int:
+        return self.workers.number(w, self.committer.append)
+
+    def _journal_cancelled(self, spec: TaskSpec, key: str, number: int,
+                           dispatched: float) -> None:
+        """Journal an attempt the driver cancelled, if the journal still takes records (the
+        cancellation must propagate whatever happens here)."""
+        if self.committer.error is not None:
+            return
+        try:
+            self.committer.append(cancelled_record(key, spec.name, number, dispatched,
+                                                   time.time()))
+        except Exception:
+            pass

@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ._config import ServiceConfig
 from ._invoke import HandlerRunner
 from ._launcher import make_launcher
-from ._metrics import registry_for
+from ._metrics import note_store_error, registry_for
+from ._pages import pages_router
 from ._routes import envelope, handler_router, runs_router
 from ._runs import Answer, RunService
 from ._security import BearerTokenGuard, BodyLimit
@@ -66,6 +67,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     schemas: dict[str, Any] = {}
     app.include_router(handler_router(runner, schemas))
     app.include_router(runs_router(service, schemas))
+    app.include_router(pages_router(cfg))
     _document_bodies(app, schemas)
     _add_probes(app, cfg, service)
     _add_error_answers(app)
@@ -112,6 +114,7 @@ def _add_probes(app: FastAPI, cfg: ServiceConfig, service: RunService) -> None:
         try:
             text = await asyncio.to_thread(generate_latest, registry)
         except Exception as exc:
+            note_store_error("metrics")
             log.error("metrics: reading the store failed: %s: %s", type(exc).__name__, exc)
             return envelope(Answer(503, False, f"the store did not answer: "
                                    f"{type(exc).__name__}"))

@@ -11,6 +11,10 @@ once per version of its run record; a running run's journal is read at every scr
 - `connector_runtime_attempt_duration_seconds{app,task,outcome}`: start to end on the worker,
   for journal records that carry their times ("ts"); `..._attempt_queue_seconds`: dispatch to
   start (driver clock to worker clock).
+- `connector_runtime_store_request_errors_total{app,operation}`: store reads of this replica
+  that failed (`operation`: `api` routes, `page`s, `metrics` scrapes). The one figure kept in
+  the service's memory: a failed store request cannot be recorded in the store. It restarts
+  at zero with the process, as Prometheus counters may.
 """
 
 from __future__ import annotations
@@ -32,10 +36,20 @@ from storage import RunRecord, RunStatus, RunStore, Store, list_runs
 
 from ..views import Attempt, attempts
 
-__all__ = ["BUCKETS", "StoreCollector", "registry_for"]
+__all__ = ["BUCKETS", "StoreCollector", "note_store_error", "registry_for"]
 
 BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
            1800.0, 3600.0)
+
+
+_store_errors: Counter[str] = Counter()
+_store_errors_lock = threading.Lock()
+
+
+def note_store_error(operation: str) -> None:
+    """Count a store request of this replica that failed (`api`, `page`, `metrics`)."""
+    with _store_errors_lock:
+        _store_errors[operation] += 1
 
 
 class StoreCollector:
@@ -58,6 +72,7 @@ class StoreCollector:
         return found
 
     def collect(self) -> Iterator[Metric]:
+        yield self._errors_family()
         with self._lock:  # two scrapes at once would read each journal twice
             records = list_runs(self.store, self.app)
             per_run = [self._attempts_of(r) for r in records]
@@ -73,6 +88,16 @@ class StoreCollector:
         yield self._histogram("connector_runtime_attempt_queue_seconds",
                               "Task attempt waits, dispatch by the driver to start on a worker",
                               [(a, a.queued) for a in every])
+
+    def _errors_family(self) -> Metric:
+        family = CounterMetricFamily("connector_runtime_store_request_errors",
+                                     "Store requests of this service replica that failed",
+                                     labels=["app", "operation"])
+        with _store_errors_lock:
+            counts = dict(_store_errors)
+        for operation in ("api", "metrics", "page"):
+            family.add_metric([self.app, operation], counts.get(operation, 0))
+        return family
 
     def _runs(self, records: list[RunRecord]) -> Metric:
         family = GaugeMetricFamily("connector_runtime_runs", "Runs in the store by state",

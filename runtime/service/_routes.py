@@ -22,6 +22,7 @@ from storage import CorruptRecordError, StoreError
 from .._errors import InputValidationError
 from ..driver import validate_input
 from ._invoke import HandlerFailed, HandlerRunner, HandlerTimeout
+from ._metrics import note_store_error
 from ._runs import Answer, RunService
 
 __all__ = ["envelope", "handler_router", "runs_router"]
@@ -172,6 +173,7 @@ def _store_error(exc: StoreError) -> Answer:
     text = str(exc)
     if text.startswith("invalid run id"):
         return Answer(422, False, f"run_id: {text}")
+    note_store_error("api")
     if isinstance(exc, CorruptRecordError):
         return Answer(500, False, f"the store holds a corrupt record: {text}")
     return Answer(503, False, f"the store did not answer: {text}")

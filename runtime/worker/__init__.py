@@ -3,7 +3,7 @@
 Rooms: `_attempt` (the remote function: unpack, set the task context, run, pack the output),
 `_files` (materialize references before a task, persist them after it), `_taskruntime` (what
 `self.heartbeat()` and the cleanup tasks reach), `_cleanup` (scratch folders and TRANSIENT
-objects).
+objects), `_timing` (what an attempt reports about itself: times, node, pid, files).
 """
 
 from ._attempt import AttemptInfo, pack_attempt, remote_for, run_attempt
@@ -16,8 +16,10 @@ from ._files import (
     objects_in,
     without_local_paths,
 )
+from ._timing import STAMP_ATTR, unpack_result
 
 __all__ = [
+    "STAMP_ATTR",
     "AttemptInfo",
     "after_task",
     "allowed_roots",
@@ -30,5 +32,6 @@ __all__ = [
     "pack_attempt",
     "remote_for",
     "run_attempt",
+    "unpack_result",
     "without_local_paths",
 ]

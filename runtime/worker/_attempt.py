@@ -8,12 +8,14 @@ arguments cost 0.1-0.4 ms more per call (benchmarks/PROFILE.md). Each worker pro
 App instance per class and one event loop.
 
 The attempt returns the output as msgpack bytes of `model_dump(mode="json")`: the driver journals
-those bytes as they are, without serializing the output again.
+those bytes as they are, without serializing the output again. They travel with the attempt's
+stamp (worker start and end times, node, pid, files: `_timing`) in one blob.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import traceback
 from typing import Any
 
@@ -30,6 +32,7 @@ from .._errors import error_type_names, is_non_retryable
 from .._runcontext import RunContext, scratch_dir
 from . import _files
 from ._taskruntime import WorkerTaskRuntime
+from ._timing import file_stats, pack_result, stamp_error
 
 __all__ = ["AttemptInfo", "pack_attempt", "remote_for", "run_attempt"]
 
@@ -101,7 +104,7 @@ def execute(
             f"{limit / 2**20:.0f} MiB payload limit: write the data to a file and return a "
             "FileReference"
         )
-    return data
+    return data, file_stats(_files._references(out))
 
 
 def pack_attempt(task_name: str, payload: bytes, context: bytes | None, info: AttemptInfo) -> bytes:
@@ -110,17 +113,20 @@ def pack_attempt(task_name: str, payload: bytes, context: bytes | None, info: At
 
 
 def run_attempt(app_cls: type[App], blob: bytes, run: RunContext | None = None) -> bytes:
-    """The body of the remote function: unpack the blob, then `execute`."""
+    """The body of the remote function: unpack the blob, `execute`, pack output and stamp."""
+    started = time.time()
     task_name, payload, context, *info = msgpack.unpackb(blob, raw=False)
     if run is None:
         run = RunContext.unpacked(context)
     try:
-        return execute(app_cls, task_name, payload, run, tuple(info))  # type: ignore[arg-type]
+        data, files = execute(app_cls, task_name, payload, run, tuple(info))  # type: ignore[arg-type]
     except Exception as exc:
         portable = portable_error(exc)
+        stamp_error(portable, started)
         if portable is exc:
             raise
         raise portable from None
+    return pack_result(data, started, files)
 
 
 def portable_error(exc: BaseException) -> BaseException:
