@@ -112,6 +112,37 @@ def test_twelve_thousand_tasks_in_chunks_under_the_budget_killed_once(ray_sessio
         assert sum(1 for k in index.tasks if k.startswith("work:")) == 3_000
 
 
+def test_resume_all_resumes_a_killed_chain_once_at_its_running_run(ray_session, tmp_path,
+                                                                    file_store, cli):
+    """A cron `resume --all` meets the CONTINUED first run and the RUNNING continuation whose
+    driver died: it resumes the continuation alone, and each finished chunk stays done."""
+    (tmp_path / "slow").touch()
+    inp = json.dumps({"folder": str(tmp_path), "total": 40, "chunk": 20, "slow_from": 20})
+    cmd = [sys.executable, "-m", "runtime", "run", "tests.apps.fidelity:ChunkedApp",
+           "--input", inp, "--run-id", "cron", "--store", file_store]
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(items(tmp_path)) < 21:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the second run never got going"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    (tmp_path / "slow").unlink()
+    res = cli("resume", "--all", "--app", "tests.apps.fidelity:ChunkedApp", "--store",
+              file_store, timeout=300)
+    assert res.code == 0, res.stderr[-3000:]
+    assert "resuming cron.c1 (ChunkedApp), RUNNING" in res.stderr
+    assert "resuming cron (" not in res.stderr  # the CONTINUED run is not driven again
+    store = open_store(file_store)
+    states = {r.run_id: r.status for r in list_runs(store, "ChunkedApp")}
+    assert states == {"cron": RunStatus.CONTINUED, "cron.c1": RunStatus.COMPLETED}
+    done = Counter(items(tmp_path))
+    assert set(done) == set(range(40))
+    assert all(done[i] == 1 for i in range(20))  # the first chunk is never run again
+
+
 def test_replay_of_a_continued_run_reports_the_continuation_input(ray_session, tmp_path,
                                                                   file_store):
     from application_sdk.testing import replay

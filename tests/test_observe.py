@@ -170,7 +170,8 @@ def test_resume_after_driver_sigkill_shows_both_drivers_and_no_attempt_twice(
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait(30)
-    res = cli("resume", "killed-1", "--store", file_store)
+    res = cli("resume", "killed-1", "--app", "tests.apps.observeapp.observe_app:ObserveApp",
+              "--store", file_store)
     assert res.code == 0, res.stderr
     trace = _trace(read_cli, file_store, "killed-1", tmp_path)
 

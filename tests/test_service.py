@@ -492,6 +492,30 @@ def test_a_failed_run_started_again_resumes_and_result_waits_for_the_new_finish(
     assert all(ran[i] == 1 for i in recorded)  # recorded tasks did not run again
 
 
+def test_result_and_stop_of_a_continued_run_follow_its_chain(service, api, tmp_path):
+    """A run that ended in continue_with answers with its chain: /result waits for the last
+    run's output, /stop cancels the run that is executing now."""
+    start(api, {"marker_dir": str(tmp_path / "m"), "n": 6, "chunk": 2}, run_id="chain-1")
+    final = result(api, "chain-1")
+    assert final.status_code == 200, final.text
+    assert final.json()["success"] is True
+    assert final.json()["data"] == {"count": 6, "total": 55}
+    assert store_run(service.store, "chain-1").status is RunStatus.CONTINUED
+    assert store_run(service.store, "chain-1.c2").status is RunStatus.COMPLETED
+
+    start(api, {"marker_dir": str(tmp_path / "s"), "n": 6, "chunk": 2, "sleep_s": 1.0},
+          run_id="chain-2")
+    wait_for(lambda: store_run(service.store, "chain-2.c1"), 60, "the first continuation")
+    stop = api.post("/workflows/v1/stop/chain-2")
+    assert stop.status_code == 200, stop.text
+    assert stop.json()["data"]["running_run_id"] == "chain-2.c1"
+    final = result(api, "chain-2")
+    assert final.json()["success"] is False and final.json()["data"]["state"] == "CANCELLED"
+    assert final.json()["data"]["run_id"] == "chain-2.c1"
+    assert store_run(service.store, "chain-2.c2") is None  # nothing continued after the stop
+    assert len(markers(tmp_path / "s")) < 6
+
+
 def test_stop_cancels_a_running_run(service, api, tmp_path):
     folder = tmp_path / "m"
     start(api, {"marker_dir": str(folder), "n": 40, "sleep_s": 1.0}, run_id="stop-1")

@@ -271,8 +271,8 @@ def _resume_all(args: argparse.Namespace, store: Store) -> int:
 def _resume_one(args: argparse.Namespace, store: Store, allowed: Any, record: Any) -> int:
     from storage import Lease, RunStore
 
-    if record.status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
-        return EXIT_OK
+    if record.status in (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.CONTINUED):
+        return EXIT_OK  # a CONTINUED run's continuation is a run record of its own
     name = f"{record.run_id} ({record.app})"
     app_cls, why = allowed.match(record)
     if app_cls is None:

@@ -28,7 +28,7 @@ from application_sdk.contracts import Input
 from storage import RunRecord, RunStatus, RunStore, list_runs, printable
 
 from ..driver import new_run_id
-from ..views import describe, driver_alive, read_run, same_run_conflict, summary
+from ..views import chain_end, describe, driver_alive, read_run, same_run_conflict, summary
 from ._config import ServiceConfig
 from ._launcher import MAX_INPUT_BYTES, Launch, Launcher, driver_args
 
@@ -181,7 +181,7 @@ class RunService:
     async def result(self, run_id: str, wait: float) -> Answer:
         deadline = time.monotonic() + wait
         while True:
-            record = await asyncio.to_thread(read_run, self.store, self.app.name, run_id)
+            record = await asyncio.to_thread(self._chain_end, run_id)
             if record is not None and record.status.finished and \
                     await asyncio.to_thread(self._resuming, record) is None:
                 return _final(record)
@@ -197,6 +197,14 @@ class RunService:
                 return Answer(202, True, f"run {run_id} has not finished yet", info.data)
             await asyncio.sleep(min(_POLL, left))
 
+    def _chain_end(self, run_id: str) -> Any:
+        """The run's record, or for a run that continued as another (continue_with) the
+        chain's last one: its result and its stop are the chain's."""
+        record = read_run(self.store, self.app.name, run_id)
+        if record is not None and record.status is RunStatus.CONTINUED:
+            record = chain_end(self.store, record)
+        return record
+
     def runs(self, limit: int, state: str | None) -> Answer:
         records = list_runs(self.store, self.app.name)
         if state:
@@ -207,7 +215,7 @@ class RunService:
     # ---- stop ------------------------------------------------------------------------------
 
     def stop(self, run_id: str, reason: str) -> Answer:
-        record = read_run(self.store, self.app.name, run_id)
+        record = self._chain_end(run_id)
         ids = {"workflow_id": run_id, "run_id": run_id}
         if record is None or record.status.finished:
             # A driver that has not claimed the run yet (new, or resuming a finished run) reads
@@ -221,8 +229,10 @@ class RunService:
                 return self._not_found(run_id)
             return Answer(200, True, f"run {run_id} is already {record.status.value}",
                           {**ids, "state": record.status.value})
-        RunStore(self.store, self.app.name, run_id).request_cancel(reason)
-        return Answer(200, True, f"cancellation of {run_id} requested: its driver stops "
+        if record.run_id != run_id:  # continued: the chain's running run is the one to stop
+            ids["running_run_id"] = record.run_id
+        RunStore(self.store, self.app.name, record.run_id).request_cancel(reason)
+        return Answer(200, True, f"cancellation of {record.run_id} requested: its driver stops "
                       "in-flight attempts, runs on_complete() and records CANCELLED",
                       {**ids, "state": "CANCELLING"})
 

@@ -54,6 +54,11 @@ class SquaresInput(Input):
     fail_at: int = -1
     flag: str = ""
     """With fail_at: fail only while this file exists (deleting it "fixes the source")."""
+    chunk: int = 0
+    """Over 0: this many squares per run, the rest in continuations (continue_with)."""
+    offset: int = 0
+    carried: int = 0
+    """The squares' total of the chain's earlier runs."""
 
 
 class SquareInput(Input):
@@ -102,11 +107,15 @@ class ServiceApp(App):
 
     @entrypoint(default=True)
     async def extract_squares(self, input: SquaresInput) -> SquaresOutput:
+        end = min(input.n, input.offset + input.chunk) if input.chunk else input.n
         outs = await asyncio.gather(*(
             self.square(SquareInput(marker_dir=input.marker_dir, index=i, sleep_s=input.sleep_s,
                                     fail=i == input.fail_at, flag=input.flag))
-            for i in range(input.n)))
-        return SquaresOutput(count=len(outs), total=sum(o.square for o in outs))
+            for i in range(input.offset, end)))
+        total = input.carried + sum(o.square for o in outs)
+        if end < input.n:
+            self.continue_with(input.model_copy(update={"offset": end, "carried": total}))
+        return SquaresOutput(count=end, total=total)
 
     @entrypoint
     async def mine_queries(self, input: QueriesInput) -> QueriesOutput:
