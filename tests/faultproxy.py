@@ -89,6 +89,10 @@ class FaultProxy:
             ready.set()
             loop.run_forever()
             self._server.close()
+            clients = asyncio.all_tasks(loop)  # connections still open: end them in the loop
+            for client in clients:
+                client.cancel()
+            loop.run_until_complete(asyncio.gather(*clients, return_exceptions=True))
             loop.run_until_complete(self._server.wait_closed())
             loop.close()
 
