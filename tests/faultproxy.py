@@ -92,7 +92,8 @@ class FaultProxy:
             clients = asyncio.all_tasks(loop)  # connections still open: end them in the loop
             for client in clients:
                 client.cancel()
-            loop.run_until_complete(asyncio.gather(*clients, return_exceptions=True))
+            if clients:
+                loop.run_until_complete(asyncio.wait(clients))
             loop.run_until_complete(self._server.wait_closed())
             loop.close()
 
