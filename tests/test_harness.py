@@ -28,6 +28,9 @@ BOUNDED = settings(max_examples=3, deadline=None, derandomize=True, database=Non
                                           HealthCheck.too_slow])
 
 # Regressions: shapes that broke a promise once (kept whatever the generator does next).
+# The soak's flip of a journal segment holding a recorded value (a resume that failed as
+# NondeterminismError) depends on which segment the seed picks; it is kept as the
+# deterministic tests/test_trust.py::test_a_corrupt_segment_holding_a_recorded_value_*.
 GATHERED_VALUES = {"t": "seq", "c": [
     {"t": "task", "ms": 300, "flaky": 0, "id": "t1"},
     {"t": "gather", "c": [

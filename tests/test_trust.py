@@ -238,6 +238,41 @@ def test_a_failed_gather_starts_nothing_more_and_status_names_the_task(
                                                       "failing"))
 
 
+def test_a_corrupt_segment_holding_a_recorded_value_reruns_what_it_fed_not_a_divergence(
+        ray_session, tmp_path, file_store):
+    """Found by the soak: a flipped byte in the segment that held a uuid4() dropped the value;
+    replay took a new one, the echo it fed got a new call key, and the recorded echo went
+    unasked: the resume failed as NondeterminismError. A corrupt segment is missing data (its
+    calls run again), not a changed run()."""
+    (tmp_path / "closed").touch()
+    with pytest.raises(RunFailedError, match="the gate is closed"):
+        run_app(t.ValueThenGate, {"folder": str(tmp_path)}, run_id="vg", store=file_store)
+    store = open_store(file_store)
+    runs = RunStore(store, "ValueThenGate", "vg")
+    holding = [key for key in store.list(runs.prefix + "/journal/")
+               if any(r.get("y") == "v" for r in _segment_records(store, key))]
+    assert len(holding) == 1 and not any(  # the value's segment holds no completion
+        r.get("y") == "t" for r in _segment_records(store, holding[0]))
+    path = store.path(holding[0])
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    Path(path).write_bytes(bytes(data))
+    (tmp_path / "closed").unlink()
+    out = run_app(t.ValueThenGate, {"folder": str(tmp_path)}, run_id="vg", store=file_store)
+    assert out.own is True  # the echo ran again with the value replay took
+    assert executions(tmp_path).count("echo") == 2
+    record = runs.read_run()
+    assert record.status is RunStatus.COMPLETED
+    assert any(holding[0] in w and "failed their checksum" in w for w in record.warnings)
+
+
+def _segment_records(store, key: str) -> list[dict]:
+    from storage import decode
+
+    body = decode(store.read(key), "journal segment")
+    return body if isinstance(body, list) else body.get("r", [])
+
+
 # -- 3. recorded values belong to the branch that took them ----------------------------------
 
 def test_recorded_values_taken_in_gathered_branches_replay_to_their_own_branch(

@@ -155,6 +155,8 @@ class DriverSession:
         self.heartbeats: HeartbeatWatch | None = None
         self.journal_version = app_cls.version
         self.recorded_at_start: dict[str, str] = {}
+        self.corrupt_segments: list[str] = []
+        """Journal segments that failed their checksum at load (ignored: treated as missing)."""
         self._token: Any = None
         """Version of the run record this session last read or wrote."""
         self._record_lock = threading.Lock()
@@ -183,6 +185,7 @@ class DriverSession:
         self.phases.mark("claim")
         load = await asyncio.to_thread(runs.load_journal)
         self.phases.mark("load")
+        self.corrupt_segments = list(load.corrupt)
         for key in load.corrupt:
             log.warning("journal segment %s failed its checksum; its tasks will run again", key)
         for key in load.fenced:
@@ -452,6 +455,17 @@ class DriverSession:
             return
         new = sorted(k for k in orch.requested if k not in self.recorded_at_start)
         app = self.app_cls.__qualname__
+        if self.corrupt_segments:
+            # What a corrupt segment held (a recorded value, a completion) was taken again;
+            # calls made from the old value have new keys, so the recorded ones go unasked.
+            # The run is one consistent execution, not a changed run().
+            record.warnings.append(
+                f"journal segment(s) {', '.join(self.corrupt_segments[:5])} failed their "
+                f"checksum and were ignored: what they recorded was taken again, and "
+                f"{len(missing)} recorded call(s) made from it were not asked for again "
+                f"({', '.join(missing[:5])}); their results are not used")
+            log.warning("%s", record.warnings[-1])
+            return
         if version_key(self.app_cls.version) > version_key(self.journal_version):
             record.warnings.append(
                 f"run() of {app} version {self.app_cls.version} no longer asks for "

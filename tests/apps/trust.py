@@ -159,3 +159,40 @@ class BranchesApp(App):
                                     self.branch(input.folder, "short", 0.0))
         await self.last(input)
         return Total(total=len(tags), tags=list(tags))
+
+
+# -- a recorded value whose journal segment is corrupted -------------------------------------
+
+class Echo(Input):
+    folder: str
+    text: str
+
+
+class Echoed(Output):
+    text: str
+
+
+class Own(Output):
+    own: bool
+
+
+class ValueThenGate(App):
+    """Takes a uuid4() (journaled in a segment of its own before the task that uses it), echoes
+    it through a task, then fails at a gate while the folder's "closed" flag exists."""
+
+    @task
+    async def echo(self, input: Echo) -> Echoed:
+        mark(os.path.join(input.folder, "executions"), "echo")
+        return Echoed(text=input.text)
+
+    @task(retry_policy=RetryPolicy(max_attempts=1))
+    async def gate(self, input: Folder) -> ItemDone:
+        if os.path.exists(os.path.join(input.folder, "closed")):
+            raise NonRetryableError("the gate is closed")
+        return ItemDone(index=0)
+
+    async def run(self, input: Folder) -> Own:
+        taken = str(uuid4())
+        echoed = await self.echo(Echo(folder=input.folder, text=taken))
+        await self.gate(input)
+        return Own(own=echoed.text == taken)
