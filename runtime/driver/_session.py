@@ -188,6 +188,7 @@ class DriverSession:
         finally:
             watch.cancel()
             self.heartbeats.close()
+            executor.close()  # its pools park their idle actors for the next run
 
     def _running_record(self, record: RunRecord | None) -> RunRecord:
         if record is None:
