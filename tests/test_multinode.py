@@ -53,3 +53,23 @@ def test_a_node_that_freezes_is_caught_by_heartbeats_without_spending_retries(s3
     assert [f["kind"] for f in report["failures"]] == ["heartbeat"]
     assert report["monitor_nodes"] == [report["head"]]  # not on the node that froze
     assert report["removed"] not in report["task_nodes"]
+
+
+@pytest.mark.parametrize("tasks", [1, 4])
+def test_removing_the_node_of_a_running_pool_attempt(s3_url, tmp_path, tasks):
+    """The pool's actor on the removed node dies with it: the attempts it held are lost, not
+    failed (one attempt allowed), and run again on an actor started on a remaining node."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.scenarios.node_loss", s3_url, str(tmp_path),
+         "--nodes", "2", "--tasks", str(tasks), "--pool"],
+        capture_output=True, text=True, timeout=280,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line, proc.stderr[-3000:]
+    report = json.loads(line[len("RESULT "):])
+    assert "error" not in report, report["error"]
+    assert report["output"]["parts"] == tasks
+    kinds = [f["kind"] for f in report["failures"]]
+    assert kinds and set(kinds) == {"lost"}
+    assert report["removed"] not in report["task_nodes"]

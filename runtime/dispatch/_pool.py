@@ -416,7 +416,9 @@ class PoolDispatcher:
         if not self.queue:
             return
         for _ in range(self.pool.size - len(self.slots)):
-            actor = pool_actor_class().options(**self.pool.ray_options()).remote(
+            # spread over the nodes: a node lost takes as few of the pool's actors as it can
+            actor = pool_actor_class().options(
+                scheduling_strategy="SPREAD", **self.pool.ray_options()).remote(
                 self.app_cls, self.name)
             slot = _Slot(actor)
             self.slots.append(slot)
@@ -529,6 +531,8 @@ async def _ask(ref: Any, timeout: float) -> Any:
 
 
 def _kill_actor(actor: Any) -> None:
+    if not ray.is_initialized():  # Ray was shut down: so were its actors (and no auto-init)
+        return
     with contextlib.suppress(Exception):
         ray.kill(actor, no_restart=True)
 

@@ -3,11 +3,12 @@
 A Cluster cannot share a process with the test session's own `ray.init()`, so each scenario
 builds its cluster here, runs an app, removes a node mid-flight, and prints a JSON report.
 
-    python -m tests.scenarios.node_loss STORE_URL WORKDIR [--nodes N] [--freeze]
+    python -m tests.scenarios.node_loss STORE_URL WORKDIR [--nodes N] [--freeze] [--pool]
 
 With `--freeze` the node is not removed but frozen (SIGSTOP of its raylet and every process
 under it) with Ray's default failure detection, so Ray still thinks it alive: only the
 heartbeat watchdog can notice. The report then says where the heartbeat monitor lived.
+With `--pool` the tasks run on a pool of warm actors (`PoolSpreadApp`) instead of Ray tasks.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ray.cluster_utils import Cluster
 
 from runtime import run_app
 from storage import RunStore, open_store
-from tests.apps.multinode import FreezeApp, SpreadApp
+from tests.apps.multinode import FreezeApp, PoolSpreadApp, SpreadApp
 
 FAST_FAILURE_DETECTION = {
     "health_check_initial_delay_ms": 0,
@@ -42,8 +43,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=1)
     parser.add_argument("--freeze", action="store_true")
+    parser.add_argument("--pool", action="store_true")
     args = parser.parse_args()
-    app = FreezeApp if args.freeze else SpreadApp
+    app = FreezeApp if args.freeze else PoolSpreadApp if args.pool else SpreadApp
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "env_vars": {"PYTHONPATH": os.getcwd()},

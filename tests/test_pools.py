@@ -1,0 +1,272 @@
+"""Pools of warm executor actors (`@task(pool=...)`) on a real Ray: every promise of a task
+attempt on the pool path (timeouts, worker loss, frozen processes, heartbeat details,
+cancellation, the task budget), the concurrency cap, replacement and warmth."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from application_sdk.app import App, Pool, task
+from application_sdk.contracts import Input, Output
+from application_sdk.errors import (
+    DefinitionError,
+    HeartbeatTimeoutError,
+    RunFailedError,
+    TaskBudgetExceededError,
+    WorkerLostError,
+)
+from runtime import run_app
+from storage import RunStatus, RunStore, open_store
+
+from .apps import pools as p
+from .test_liveness import Background, read_lines, wait_for
+
+
+def failures(store: str, app: str, run_id: str) -> list[dict]:
+    records = RunStore(open_store(store), app, run_id).load_journal().records
+    return [r for r in records if r["y"] == "f"]
+
+
+def attempts(folder) -> list[tuple[int, int, int]]:
+    return [tuple(map(int, line.split())) for line in read_lines(folder / "attempts")]
+
+
+def dead(pid: int) -> bool:
+    return not p._alive(pid)
+
+
+# -- declaring pools ------------------------------------------------------------------------------
+
+
+class _In(Input):
+    x: int = 0
+
+
+class _Out(Output):
+    x: int = 0
+
+
+def test_a_task_naming_an_undeclared_pool_is_refused_when_the_class_is_defined():
+    with pytest.raises(DefinitionError, match=r"names pool 'db'.*does not declare.*Pool\(size"):
+        class Undeclared(App):
+            pools = {"api": 2}
+
+            @task(pool="db")
+            async def read(self, input: _In) -> _Out:
+                return _Out()
+
+
+def test_pool_declarations_are_checked_and_sizes_may_be_ints():
+    class Declared(App):
+        pools = {"db": 3, "api": Pool(size=1, max_attempts_per_actor=10)}
+
+        @task(pool="db")
+        async def read(self, input: _In) -> _Out:
+            return _Out()
+
+    assert Declared._pools == {"db": Pool(size=3), "api": Pool(size=1, max_attempts_per_actor=10)}
+    assert Declared._tasks["read"].options.pool == "db"
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(DefinitionError, match=r"Pool\.size"):
+            Pool(size=bad)  # type: ignore[arg-type]
+    with pytest.raises(DefinitionError, match="max_attempts_per_actor"):
+        Pool(size=1, max_attempts_per_actor=0)
+    with pytest.raises(DefinitionError, match="placement is the pool's"):
+        class Placed(App):
+            pools = {"db": 1}
+
+            @task(pool="db", num_cpus=2)
+            async def read(self, input: _In) -> _Out:
+                return _Out()
+
+
+# -- the cap, through crashes and timeouts --------------------------------------------------------
+
+
+def test_a_pool_of_two_never_runs_three_at_once(ray_session, tmp_path, file_store):
+    """24 gathered tasks, one crashing its actor and one hanging past its timeout: whatever
+    is killed and replaced, no more than 2 attempts ever run at once, and all finish."""
+    out = run_app(p.PoolApp, {"folder": str(tmp_path), "n": 24, "sleep": 0.1,
+                              "crash_at": [5], "hang_at": [11]},
+                  run_id="cap", store=file_store)
+    assert out.count == 24
+    seen = [int(x) for x in read_lines(tmp_path / "concurrency")]
+    assert len(seen) >= 26  # every attempt counted (the crashed and the hung one ran twice)
+    assert max(seen) == 2, seen  # both actors worked at once, never a third
+    kinds = sorted(f["e"]["kind"] for f in failures(file_store, "PoolApp", "cap"))
+    assert "timeout" in kinds and "lost" in kinds
+    assert out.attempts[11] == 2 and out.attempts[5] >= 2
+    assert dead(int(read_lines(tmp_path / "pid")[0]))  # the hung process was stopped
+    assert len({pid for _, _, pid in attempts(tmp_path)}) >= 3  # actors were replaced
+
+
+def test_timeout_kills_the_actor_and_the_attempt_is_retried(ray_session, tmp_path, file_store):
+    started = time.monotonic()
+    out = run_app(p.PoolApp, {"folder": str(tmp_path), "n": 1, "hang_at": [0]},
+                  run_id="hang", store=file_store)
+    assert time.monotonic() - started < 30  # the hour-long sleep was cut at its 3 s timeout
+    assert out.attempts == [2]
+    hung = int(read_lines(tmp_path / "pid")[0])
+    assert out.pids[0] != hung and dead(hung)
+    [failure] = failures(file_store, "PoolApp", "hang")
+    assert failure["e"]["kind"] == "timeout" and failure["e"]["type"] == "TaskTimeoutError"
+
+
+def test_timeout_counts_from_the_attempts_own_start_not_its_batch(ray_session, tmp_path,
+                                                                  file_store):
+    """12 tasks of 1 s on 2 actors with a 3 s timeout: each waits up to 5 s for an actor,
+    which must not count against it."""
+    out = run_app(p.PoolApp, {"folder": str(tmp_path), "n": 12, "sleep": 1.0},
+                  run_id="queued", store=file_store)
+    assert out.attempts == [1] * 12
+    assert failures(file_store, "PoolApp", "queued") == []
+
+
+def test_worker_loss_is_retried_without_spending_the_retry_budget(ray_session, tmp_path,
+                                                                  file_store):
+    out = run_app(p.LossApp, {"folder": str(tmp_path), "n": 1, "crash_at": [0]},
+                  run_id="crash", store=file_store)
+    assert out.attempts == [2]  # max_attempts=1: only a lost worker's retry is free
+    [(_, _, first), (_, _, second)] = attempts(tmp_path)
+    assert first != second and dead(first)
+    [failure] = failures(file_store, "LossApp", "crash")
+    assert failure["e"]["kind"] == "lost" and failure["e"]["type"] == WorkerLostError.__name__
+
+
+def test_a_crash_in_a_batch_loses_no_result_it_reported_and_isolates_the_culprit(
+        ray_session, tmp_path, file_store):
+    out = run_app(p.LossApp, {"folder": str(tmp_path), "n": 40, "crash_at": [17]},
+                  run_id="batch-crash", store=file_store)
+    assert out.count == 40 and out.attempts[17] == 2
+    # what the crash took is its own batch (a run of consecutive items, FIFO): the batches
+    # reported before it (the first holds at least items 0-7) are never run again
+    retried = [i for i, a in enumerate(out.attempts) if a > 1]
+    assert 17 in retried and retried == list(range(retried[0], retried[-1] + 1))
+    assert retried[0] >= 8
+    assert [a[1] for a in attempts(tmp_path) if a[0] == 17] == [1, 2]
+    assert all(f["e"]["kind"] == "lost" for f in failures(file_store, "LossApp", "batch-crash"))
+
+
+def test_a_task_that_always_kills_its_actor_fails_alone(ray_session, tmp_path, file_store):
+    """Its batch-mates lose their actor with it once; their next attempts run apart from it,
+    so only the culprit uses up max_worker_losses and names the failure."""
+    with pytest.raises(RunFailedError, match=r"lost its worker 4 times") as info:
+        run_app(p.PoolApp, {"folder": str(tmp_path), "n": 30, "poison_at": 9},
+                run_id="poison", store=file_store)
+    assert isinstance(info.value.__cause__, WorkerLostError)
+    by_key: dict[str, int] = {}
+    for f in failures(file_store, "PoolApp", "poison"):
+        by_key[f["k"]] = by_key.get(f["k"], 0) + 1
+    [losses] = [n for n in by_key.values() if n > 1]  # one key lost more than once
+    assert losses == 4
+    assert [a[1] for a in attempts(tmp_path) if a[0] == 9] == [1, 2, 3, 4]
+
+
+def test_a_frozen_actor_is_caught_by_its_silence_and_replaced(ray_session, tmp_path, file_store):
+    job = Background(run_app, p.LossApp, {"folder": str(tmp_path), "n": 1, "hang_at": [0]},
+                     run_id="frozen", store=file_store)
+    job.start()
+    pid = int(wait_for(lambda: read_lines(tmp_path / "pid"), 60, "the task to start")[0])
+    time.sleep(2.0)  # it has beaten by now (first beat after 1 s)
+    os.kill(pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        job.join(timeout=60)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert not job.is_alive() and job.error is None, job.error
+    assert job.result.attempts == [2] and job.result.pids[0] != pid
+    assert time.monotonic() - frozen_at < 25  # 3 s of silence, a drain, the kill
+    [failure] = failures(file_store, "LossApp", "frozen")
+    assert failure["e"]["kind"] == "heartbeat"
+    assert failure["e"]["type"] == HeartbeatTimeoutError.__name__
+    wait_for(lambda: dead(pid), 10, "the frozen process to be killed")
+
+
+def test_heartbeat_details_survive_an_actor_crash(ray_session, tmp_path, file_store):
+    out = run_app(p.PagingPoolApp, {"folder": str(tmp_path)}, run_id="paging",
+                  store=file_store)
+    assert out.first_page_of_last_attempt == 7
+    pages = [tuple(map(int, x.split())) for x in read_lines(tmp_path / "pages")]
+    assert [pg for pg, a in pages if a == 1] == [1, 2, 3, 4, 5, 6, 7]
+    assert [pg for pg, a in pages if a == 2] == [7, 8, 9, 10]
+
+
+# -- errors, budget, cancellation -----------------------------------------------------------------
+
+
+def test_a_failing_task_fails_the_run_and_nothing_starts_after_it(ray_session, tmp_path,
+                                                                 file_store):
+    with pytest.raises(RunFailedError, match="access denied") as info:
+        run_app(p.PoolApp, {"folder": str(tmp_path), "n": 200, "sleep": 0.05, "fail_at": 3},
+                run_id="fails", store=file_store)
+    assert isinstance(info.value.__cause__, PermissionError)
+    started = len(attempts(tmp_path))
+    time.sleep(1.0)
+    assert len(attempts(tmp_path)) == started < 200  # the rest was never started
+
+
+def test_task_budget_holds_on_a_pool(ray_session, tmp_path, file_store):
+    with pytest.raises(RunFailedError, match="budget of 5 task executions") as info:
+        run_app(p.BudgetPoolApp, {"folder": str(tmp_path), "n": 8, "parallel": False},
+                run_id="budget", store=file_store)
+    assert isinstance(info.value.__cause__, TaskBudgetExceededError)
+    assert len(attempts(tmp_path)) == 5
+
+
+def test_cancel_stops_pool_attempts_within_seconds(ray_session, tmp_path, file_store, cli):
+    inp = json.dumps({"folder": str(tmp_path), "n": 100})
+    cmd = [sys.executable, "-m", "runtime", "run", "tests.apps.pools:SlowPoolApp",
+           "--input", inp, "--run-id", "to-cancel", "--store", file_store]
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for(lambda: len(read_lines(tmp_path / "items")) >= 10, 60, "ten items to start")
+    asked = time.monotonic()
+    assert cli("cancel", "to-cancel", "--store", file_store).code == 0
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - asked < 10
+    assert proc.returncode == 1 and "cancelled" in err and out == ""
+    runs = RunStore(open_store(file_store), "SlowPoolApp", "to-cancel")
+    assert runs.read_run().status is RunStatus.CANCELLED
+    lines = read_lines(tmp_path / "items")
+    started = {int(x.split()[1]): int(x.split()[2]) for x in lines if x.startswith("start")}
+    assert len(started) < 100
+    assert len({pid for pid in started.values()}) <= 2
+    time.sleep(1.0)
+    for pid in set(started.values()):  # the pool's actors are gone with the run
+        assert dead(pid)
+    assert len(read_lines(tmp_path / "items")) == len(lines)
+
+
+# -- replacement and warmth -----------------------------------------------------------------------
+
+
+def test_an_actor_is_replaced_after_max_attempts_per_actor(ray_session, tmp_path, file_store):
+    out = run_app(p.RecycleApp, {"folder": str(tmp_path), "n": 7, "parallel": False},
+                  run_id="recycle", store=file_store)
+    pids = out.pids
+    assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5] != pids[6]
+    assert out.leaked == [0, 1, 2, 0, 1, 2, 0]  # a fresh actor does not inherit the leak
+    seen = [int(x) for x in read_lines(tmp_path / "concurrency")]
+    assert max(seen) == 1
+
+
+def test_actors_stay_warm_between_runs_then_go(ray_session, tmp_path, file_store):
+    first = run_app(p.PoolApp, {"folder": str(tmp_path), "n": 4, "parallel": False},
+                    run_id="warm-1", store=file_store)
+    second = run_app(p.PoolApp, {"folder": str(tmp_path), "n": 4, "parallel": False},
+                     run_id="warm-2", store=file_store)
+    assert set(second.pids) <= set(first.pids)  # the same processes, not new ones
+    for pid in set(first.pids):  # keep_warm_seconds=2 after the last run
+        wait_for(lambda pid=pid: dead(pid), 20, f"idle actor {pid} to be released")
