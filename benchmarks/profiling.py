@@ -299,21 +299,25 @@ def _patches() -> dict[str, Callable[[], Callable[[], None]]]:
         App.on_complete = on_complete  # type: ignore[method-assign]
         return lambda: setattr(App, "on_complete", original)
 
-    def batch_50ms() -> Callable[[], None]:
-        original = jr.GroupCommitter.__init__
+    def batch_wait(seconds: float) -> Callable[[], Callable[[], None]]:
+        def install() -> Callable[[], None]:
+            original = jr.GroupCommitter.__init__
 
-        def init(self: Any, *args: Any, **kwargs: Any) -> None:
-            original(self, *args, **kwargs)
-            self.interval = 0.05
+            def init(self: Any, *args: Any, **kwargs: Any) -> None:
+                original(self, *args, **kwargs)
+                self.interval = seconds
 
-        jr.GroupCommitter.__init__ = init  # type: ignore[method-assign]
-        return lambda: setattr(jr.GroupCommitter, "__init__", original)
+            jr.GroupCommitter.__init__ = init  # type: ignore[method-assign]
+            return lambda: setattr(jr.GroupCommitter, "__init__", original)
+
+        return install
 
     return {"bulk delete": bulk_delete,
             "no journal writes (upper bound)": no_journal_io,
             "S3 reads without HEAD": s3_get_only,
             "no cleanup_storage task": no_cleanup_storage,
-            "group commit waits 50 ms": batch_50ms}
+            "group commit waits 50 ms": batch_wait(0.05),
+            "group commit waits 20 ms": batch_wait(0.02)}
 
 
 WHATIF: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -321,9 +325,9 @@ WHATIF: dict[str, tuple[str, tuple[str, ...]]] = {
     "raw Ray": ("raw", ()),
     "as is": ("BenchApp", ()),
     "heartbeats off (NoHeartbeatApp)": ("NoHeartbeatApp", ()),
-    "no cleanup_storage task": ("BenchApp", ("no cleanup_storage task",)),
-    "+ no journal writes (upper bound)": ("BenchApp", ("no cleanup_storage task",
-                                                       "no journal writes (upper bound)")),
+    "group commit waits 20 ms": ("BenchApp", ("group commit waits 20 ms",)),
+    "no journal writes (upper bound)": ("BenchApp", ("no journal writes (upper bound)",)),
+    "on a pool (PoolBenchApp)": ("PoolBenchApp", ()),
 }
 _S3_FIXES = ("S3 reads without HEAD", "no cleanup_storage task", "bulk delete",
              "group commit waits 50 ms")

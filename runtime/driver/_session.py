@@ -177,7 +177,7 @@ class DriverSession:
         budget = Budget(self.app_cls.max_task_executions, index.executions, runs.run_id)
         steps = StepRunner(index, committer, executor, budget, self.progress,
                            before_retry=self.heartbeats.latest_details,
-                           local=functools.partial(self._answer_locally, run_ctx))
+                           local=functools.partial(self._answer_locally, run_ctx, index))
         orch = Orchestrator(self.app_cls, steps, index, committer, key_scheme=self.key_scheme)
         log.info("run %s: %d task results recorded, %d segments", runs.run_id,
                  len(index.tasks), load.segments)
@@ -294,7 +294,7 @@ class DriverSession:
             "status (the new owner finishes the run)"
         )
 
-    async def _answer_locally(self, run: RunContext, spec: TaskSpec,
+    async def _answer_locally(self, run: RunContext, index: JournalIndex, spec: TaskSpec,
                               inp: Input) -> Output | None:
         """The built-in cleanup tasks, answered in the driver (journaled as attempt 0).
 
@@ -308,7 +308,8 @@ class DriverSession:
         if spec.fn is _BUILTIN_CLEANUP_STORAGE:
             if getattr(inp, "outcome", "") == "failed":
                 return CleanupOutput(deleted=0)
-            return CleanupOutput(deleted=await asyncio.to_thread(cleanup_transient, run))
+            return CleanupOutput(deleted=await asyncio.to_thread(
+                cleanup_transient, run, list(index.objects)))  # the journal is in memory
         if spec.fn is _BUILTIN_CLEANUP_FILES:
             return CleanupOutput(deleted=await asyncio.to_thread(cleanup_scratch, run, False))
         return None
