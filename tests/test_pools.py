@@ -1,6 +1,8 @@
 """Pools of warm executor actors (`@task(pool=...)`) on a real Ray: every promise of a task
-attempt on the pool path (timeouts, worker loss, frozen processes, heartbeat details,
-cancellation, the task budget), the concurrency cap, replacement and warmth."""
+attempt on the pool path (timeouts, worker loss, frozen processes, heartbeats keeping a blocked
+attempt alive, heartbeat details, the progress watchdog, cancellation, the task budget, a
+driver SIGKILLed mid-run), the concurrency cap, replacement and warmth. Node loss on the pool
+path: tests/test_multinode.py."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import msgpack
 import pytest
 
 from application_sdk.app import App, Pool, task
@@ -18,6 +21,7 @@ from application_sdk.contracts import Input, Output
 from application_sdk.errors import (
     DefinitionError,
     HeartbeatTimeoutError,
+    ProgressStalledError,
     RunFailedError,
     TaskBudgetExceededError,
     WorkerLostError,
@@ -202,6 +206,27 @@ def test_heartbeat_details_survive_an_actor_crash(ray_session, tmp_path, file_st
     assert [pg for pg, a in pages if a == 2] == [7, 8, 9, 10]
 
 
+def test_an_attempt_blocked_past_its_heartbeat_timeout_lives_while_its_actor_beats(
+        ray_session, tmp_path, file_store):
+    """4 s in time.sleep with a 2 s silence limit, two at once: the actor's heartbeat thread
+    beats for the attempt it runs, so neither is taken for frozen (one attempt allowed)."""
+    out = run_app(p.BusyPoolApp, {"folder": str(tmp_path), "n": 2, "sleep": 4.0},
+                  run_id="busy", store=file_store)
+    assert out.attempts == [1, 1] and len(set(out.pids)) == 2
+    assert failures(file_store, "BusyPoolApp", "busy") == []
+
+
+def test_the_progress_watchdog_stops_a_stalled_pool_attempt(ray_session, tmp_path, file_store):
+    out = run_app(p.StuckPoolApp, {"folder": str(tmp_path)}, run_id="stuck", store=file_store)
+    assert out.attempt == 2
+    [(_, _, stuck), (_, _, second)] = attempts(tmp_path)
+    assert second != stuck and out.pid == second  # the stuck actor was replaced
+    wait_for(lambda: dead(stuck), 10, "the stalled attempt's actor to be killed")
+    [failure] = failures(file_store, "StuckPoolApp", "stuck")
+    assert failure["e"]["type"] == ProgressStalledError.__name__
+    assert "unchanged" in failure["e"]["message"]
+
+
 # -- errors, budget, cancellation -----------------------------------------------------------------
 
 
@@ -270,3 +295,31 @@ def test_actors_stay_warm_between_runs_then_go(ray_session, tmp_path, file_store
     assert set(second.pids) <= set(first.pids)  # the same processes, not new ones
     for pid in set(first.pids):  # keep_warm_seconds=2 after the last run
         wait_for(lambda pid=pid: dead(pid), 20, f"idle actor {pid} to be released")
+
+
+def test_a_driver_sigkilled_mid_run_takes_its_actors_and_the_rerun_redoes_nothing_recorded(
+        ray_session, tmp_path, file_store):
+    n = 100
+    inp = json.dumps({"folder": str(tmp_path), "n": n, "sleep": 0.02, "parallel": False})
+    cmd = [sys.executable, "-m", "runtime", "run", "tests.apps.pools:CrashPoolApp",
+           "--input", inp, "--run-id", "killed", "--store", file_store]
+    env = {**os.environ, "RAY_ADDRESS": ray_session, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: len(read_lines(tmp_path / "attempts")) >= 30, 60, "30 attempts")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    actors = {pid for _, _, pid in attempts(tmp_path)}
+    for pid in actors:  # owned by the driver: they go with it, holding no CPU for nobody
+        wait_for(lambda pid=pid: dead(pid), 30, f"actor {pid} of the dead driver to go")
+    runs = RunStore(open_store(file_store), "CrashPoolApp", "killed")
+    durable = {msgpack.unpackb(r["o"])["index"] for r in runs.load_journal().records
+               if r["y"] == "t" and r["n"] == "work"}
+    assert 0 < len(durable) < n
+    before = len(read_lines(tmp_path / "attempts"))
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout.splitlines()[-1])["count"] == n
+    rerun = [i for i, _, pid in attempts(tmp_path)[before:]]
+    assert not durable & set(rerun)  # what was recorded is not run again
+    assert set(rerun) | durable == set(range(n))
+    assert not actors & {pid for _, _, pid in attempts(tmp_path)[before:]}

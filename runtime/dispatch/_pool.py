@@ -230,8 +230,10 @@ class PoolDispatcher:
             return
         self._grow()
         idle = [s for s in self.slots if s.ready and s.batch is None]
+        # actors still starting get their share too: the first one up must not take them all
+        starting = sum(1 for s in self.slots if not s.ready)
         while self.queue and idle:
-            items = self._take(self._batch_size(len(idle), idle[0]))
+            items = self._take(self._batch_size(len(idle) + starting, idle[0]))
             if items:
                 self._send(idle.pop(0), items)
 

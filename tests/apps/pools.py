@@ -211,3 +211,54 @@ class SlowPoolApp(App):
 
     async def run(self, input: Many) -> Summary:
         return await orchestrate(self.work, input)
+
+
+class BusyPoolApp(App):
+    """Attempts that block 4 s in `time.sleep` on a pool of 2 whose silence limit is 2 s: only
+    the actor process's own heartbeat thread keeps them alive."""
+
+    pools = {"source": Pool(size=2, keep_warm_seconds=0)}
+
+    @task(pool="source", heartbeat_timeout_seconds=2, retry_policy=RetryPolicy(max_attempts=1))
+    async def work(self, input: Work) -> Done:
+        return await behave(self, input)
+
+    async def run(self, input: Many) -> Summary:
+        return await orchestrate(self.work, input)
+
+
+class StuckPoolApp(App):
+    """Attempt 1 beats the same details for 30 s on a pool (busy, not progressing): the
+    progress watchdog stops it after 2 s; attempt 2 returns at once."""
+
+    pools = {"source": Pool(size=1, keep_warm_seconds=0)}
+
+    @task(pool="source", heartbeat_timeout_seconds=30, max_no_progress_seconds=2,
+          enforce_progress=True, retry_policy=RetryPolicy(max_attempts=2, initial_interval=0.1))
+    async def spin(self, input: Work) -> Done:
+        pid, attempt = os.getpid(), self.task_info.attempt
+        mark(os.path.join(input.folder, "attempts"), f"{input.index} {attempt} {pid}")
+        if attempt == 1:
+            for _ in range(300):
+                self.heartbeat(Page(page=1))
+                time.sleep(0.1)
+        return Done(index=input.index, attempt=attempt, pid=pid)
+
+    async def run(self, input: Work) -> Done:
+        return await self.spin(input)
+
+
+class CrashPoolApp(App):
+    """n sequential tasks of 0.05 s on a pool of 2 (a driver is SIGKILLed among them)."""
+
+    pools = {"source": Pool(size=2, keep_warm_seconds=0)}
+
+    @task(pool="source")
+    async def work(self, input: Work) -> Done:
+        mark(os.path.join(input.folder, "attempts"),
+             f"{input.index} {self.task_info.attempt} {os.getpid()}")
+        time.sleep(input.sleep)
+        return Done(index=input.index, attempt=self.task_info.attempt, pid=os.getpid())
+
+    async def run(self, input: Many) -> Summary:
+        return await orchestrate(self.work, input)
