@@ -56,6 +56,10 @@ async def _one_run(case: str, n: int, store: str, app: Any = None,
     from ._cases import raw_run, runtime_run
     from .apps import BenchApp
 
+    if case.startswith("raw-actor"):
+        from ._cases import raw_actor_run
+
+        return await raw_actor_run(n, case == "raw-actor-fanout")
     if case.startswith("raw"):
         return await raw_run(n, case == "raw-fanout")
     return await runtime_run(app or BenchApp, store, n, case != "sequential", run_id=run_id)
@@ -327,7 +331,10 @@ WHATIF: dict[str, tuple[str, tuple[str, ...]]] = {
     "heartbeats off (NoHeartbeatApp)": ("NoHeartbeatApp", ()),
     "group commit waits 20 ms": ("BenchApp", ("group commit waits 20 ms",)),
     "no journal writes (upper bound)": ("BenchApp", ("no journal writes (upper bound)",)),
+    "raw actor calls": ("raw-actor", ()),
     "on a pool (PoolBenchApp)": ("PoolBenchApp", ()),
+    "on a pool, no journal writes (upper bound)": ("PoolBenchApp",
+                                                   ("no journal writes (upper bound)",)),
 }
 _S3_FIXES = ("S3 reads without HEAD", "no cleanup_storage task", "bulk delete",
              "group commit waits 50 ms")
@@ -354,6 +361,8 @@ async def _whatif(case: str, n: int, store: str, repeat: int,
             raw = "raw-fanout" if case != "sequential" else "raw-seq"
             if app_name == "raw":
                 return await _one_run(raw, size, store)
+            if app_name == "raw-actor":
+                return await _one_run(f"raw-actor-{raw[4:]}", size, store)
             app = getattr(apps, app_name)
             if case == "resume":
                 run_id = f"w-{uuid.uuid4().hex[:8]}"
@@ -367,7 +376,8 @@ async def _whatif(case: str, n: int, store: str, repeat: int,
             for u in reversed(undo):
                 u()
 
-    names = [v for v in variants if not (case == "resume" and variants[v][0] == "raw")]
+    names = [v for v in variants
+             if not (case == "resume" and variants[v][0] in ("raw", "raw-actor"))]
     for name in names:
         await one(name, 20)
     samples: dict[str, list[float]] = {name: [] for name in names}
