@@ -316,7 +316,22 @@ def _patches() -> dict[str, Callable[[], Callable[[], None]]]:
 
         return install
 
+    def pool_at_once() -> Callable[[], None]:
+        from runtime.dispatch import _pool
+
+        original = _pool.PoolDispatcher._wake
+
+        def wake(self: Any) -> None:  # a lone attempt and an idle actor: no loop turn first
+            if len(self.queue) == 1 and any(s.ready and s.batch is None for s in self.slots):
+                self._dispatch()
+                return
+            original(self)
+
+        _pool.PoolDispatcher._wake = wake  # type: ignore[method-assign]
+        return lambda: setattr(_pool.PoolDispatcher, "_wake", original)
+
     return {"bulk delete": bulk_delete,
+            "pool dispatches a lone attempt at once": pool_at_once,
             "no journal writes (upper bound)": no_journal_io,
             "S3 reads without HEAD": s3_get_only,
             "no cleanup_storage task": no_cleanup_storage,
@@ -335,6 +350,8 @@ WHATIF: dict[str, tuple[str, tuple[str, ...]]] = {
     "on a pool (PoolBenchApp)": ("PoolBenchApp", ()),
     "on a pool, no journal writes (upper bound)": ("PoolBenchApp",
                                                    ("no journal writes (upper bound)",)),
+    "on a pool, a lone attempt dispatched at once": ("PoolBenchApp",
+                                                     ("pool dispatches a lone attempt at once",)),
 }
 _S3_FIXES = ("S3 reads without HEAD", "no cleanup_storage task", "bulk delete",
              "group commit waits 50 ms")
