@@ -6,6 +6,7 @@ path: tests/test_multinode.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from application_sdk.errors import (
     TaskBudgetExceededError,
     WorkerLostError,
 )
-from runtime import run_app
+from runtime import run_app, run_app_async
 from storage import RunStatus, RunStore, open_store
 
 from .apps import pools as p
@@ -111,6 +112,22 @@ def test_a_pool_of_two_never_runs_three_at_once(ray_session, tmp_path, file_stor
     assert len({pid for _, _, pid in attempts(tmp_path)}) >= 3  # actors were replaced
 
 
+def test_two_runs_in_one_driver_share_the_pools_cap(ray_session, tmp_path, file_store):
+    """Two runs of the app gathered on one event loop: one pool of 2 for both, not 2 each."""
+    inp = {"folder": str(tmp_path), "n": 6, "sleep": 0.2}
+
+    async def both():
+        return await asyncio.gather(
+            run_app_async(p.PoolApp, inp, run_id="share-1", store=file_store),
+            run_app_async(p.PoolApp, inp, run_id="share-2", store=file_store))
+
+    first, second = asyncio.run(both())
+    assert first.count == second.count == 6
+    seen = [int(x) for x in read_lines(tmp_path / "concurrency")]
+    assert len(seen) == 12 and max(seen) == 2, seen
+    assert len(set(first.pids) | set(second.pids)) == 2  # the same two actors served both
+
+
 def test_timeout_kills_the_actor_and_the_attempt_is_retried(ray_session, tmp_path, file_store):
     started = time.monotonic()
     out = run_app(p.PoolApp, {"folder": str(tmp_path), "n": 1, "hang_at": [0]},
@@ -125,11 +142,11 @@ def test_timeout_kills_the_actor_and_the_attempt_is_retried(ray_session, tmp_pat
 
 def test_timeout_counts_from_the_attempts_own_start_not_its_batch(ray_session, tmp_path,
                                                                   file_store):
-    """12 tasks of 1 s on 2 actors with a 3 s timeout: each waits up to 5 s for an actor,
-    which must not count against it."""
-    out = run_app(p.PoolApp, {"folder": str(tmp_path), "n": 12, "sleep": 1.0},
+    """10 tasks of 0.8 s on 2 actors with a 3 s timeout: the last ones wait 3.2 s for an
+    actor, which must not count against them."""
+    out = run_app(p.PoolApp, {"folder": str(tmp_path), "n": 10, "sleep": 0.8},
                   run_id="queued", store=file_store)
-    assert out.attempts == [1] * 12
+    assert out.attempts == [1] * 10
     assert failures(file_store, "PoolApp", "queued") == []
 
 
