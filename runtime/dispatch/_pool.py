@@ -6,8 +6,8 @@ the cluster - the N connections a source allows - and an attempt skips the per-t
 worker start of a Ray task. The driver (one `PoolDispatcher` per pool and event loop) queues
 attempts and hands each free actor a *batch*: the attempts waiting, up to what the pool's
 measured attempt time fits in about `BATCH_SECONDS` (at most `MAX_BATCH`), shared out among the
-free actors. A fan-out of small tasks pays one actor call per batch; a sequential run, or a
-slow task, a batch of one.
+free actors and those still starting. A fan-out of small tasks pays one actor call per batch;
+a sequential run, or a slow task, a batch of one.
 
 Every promise of a Ray-task attempt holds on a pool; how:
 
@@ -47,6 +47,9 @@ Rejected designs:
   driver, so its timeout could not count from it.
 - A streaming generator per batch (completions as they happen): an item costs about what a call
   does (see `runtime/worker/_pool_actor.py`).
+- Dispatching a lone attempt at once instead of on the next turn of the loop (a sequential run
+  would skip one turn): no gain measured on 300 sequential tasks, and a gather's first attempts
+  then go in batches of one (benchmarks/PROFILE.md section 6).
 - One pool for the whole cluster (named actors shared by every driver): a driver's timeout would
   be measured in another driver's queue, and one driver's kill would end another's attempt.
   A pool belongs to a driver process: two drivers running at once have a pool each.
