@@ -25,6 +25,7 @@ from application_sdk.errors import (
     ProgressStalledError,
     RunFailedError,
     TaskBudgetExceededError,
+    TaskUnschedulableError,
     WorkerLostError,
 )
 from runtime import run_app, run_app_async
@@ -90,6 +91,26 @@ def test_pool_declarations_are_checked_and_sizes_may_be_ints():
             @task(pool="db", num_cpus=2)
             async def read(self, input: _In) -> _Out:
                 return _Out()
+
+
+def test_a_pools_placement_reaches_its_actors(ray_session, tmp_path, file_store):
+    out = run_app(p.PlacedPoolApp, {"folder": str(tmp_path)}, run_id="placed",
+                  store=file_store)
+    assigned = json.loads(out.resources)
+    assert assigned["CPU"] == 0.5 and assigned["memory"] == 50 * 2**20
+
+
+def test_a_pool_no_node_can_place_fails_after_a_bounded_wait(ray_session, tmp_path,
+                                                             file_store, monkeypatch):
+    monkeypatch.setenv("CONNECTOR_RUNTIME_UNSCHEDULABLE_WAIT", "2")
+    start = time.monotonic()
+    with pytest.raises(RunFailedError) as info:
+        run_app(p.UnplaceablePoolApp, {"folder": str(tmp_path)}, run_id="unplaceable",
+                store=file_store)
+    assert time.monotonic() - start < 30
+    err = info.value.__cause__
+    assert isinstance(err, TaskUnschedulableError)
+    assert "task train" in str(err) and "tpu_pod" in str(err)
 
 
 # -- the cap, through crashes and timeouts --------------------------------------------------------

@@ -262,3 +262,39 @@ class CrashPoolApp(App):
 
     async def run(self, input: Many) -> Summary:
         return await orchestrate(self.work, input)
+
+
+class Resources(Output):
+    resources: str
+    """JSON of the resources Ray assigned the process that ran the attempt."""
+
+
+class PlacedPoolApp(App):
+    """A pool whose actors hold half a CPU and 50 MiB each."""
+
+    pools = {"half": Pool(size=1, num_cpus=0.5, memory=50 * 2**20, keep_warm_seconds=0)}
+
+    @task(pool="half")
+    async def where(self, input: Work) -> Resources:
+        import json
+
+        import ray
+
+        return Resources(resources=json.dumps(
+            ray.get_runtime_context().get_assigned_resources()))
+
+    async def run(self, input: Work) -> Resources:
+        return await self.where(input)
+
+
+class UnplaceablePoolApp(App):
+    """A pool whose actors need a resource no node has."""
+
+    pools = {"pod": Pool(size=1, resources={"tpu_pod": 1}, keep_warm_seconds=0)}
+
+    @task(pool="pod")
+    async def train(self, input: Work) -> Done:
+        return Done(index=0, attempt=self.task_info.attempt, pid=os.getpid())
+
+    async def run(self, input: Work) -> Done:
+        return await self.train(input)
