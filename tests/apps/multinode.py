@@ -68,3 +68,15 @@ class PoolSpreadApp(SpreadApp):
           heartbeat_timeout_seconds=10)
     async def part(self, input: Part) -> PartDone:
         return await SpreadApp.part.__wrapped__(self, input)
+
+
+class FreezePoolApp(SpreadApp):
+    """PoolSpreadApp with FreezeApp's short heartbeat timeout: a pool actor on a frozen node is
+    noticed by its silence."""
+
+    pools = {"nodes": Pool(size=2, keep_warm_seconds=0)}
+
+    @task(name="part", pool="nodes", retry_policy=RetryPolicy(max_attempts=1),
+          heartbeat_timeout_seconds=3)
+    async def part(self, input: Part) -> PartDone:
+        return await SpreadApp.part.__wrapped__(self, input)
