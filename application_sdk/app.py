@@ -54,6 +54,7 @@ __all__ = [
     "OutputStatus",
     "PayloadSafetyError",
     "PayloadTooLargeError",
+    "Pool",
     "RetryPolicy",
     "RetryableError",
     "RunCancelledError",
@@ -166,9 +167,53 @@ class TaskOptions:
     num_cpus: float | None = None
     memory: int | None = None
     resources: Mapping[str, float] | None = None
+    pool: str | None = None
+    """Name of the App's `Pool` whose warm actors run this task's attempts (None: a Ray task
+    per attempt)."""
 
     def ray_options(self) -> dict[str, Any]:
         """Ray placement options set on this task (unset ones are left to Ray's defaults)."""
+        opts: dict[str, Any] = {}
+        if self.num_cpus is not None:
+            opts["num_cpus"] = self.num_cpus
+        if self.memory is not None:
+            opts["memory"] = self.memory
+        if self.resources:
+            opts["resources"] = dict(self.resources)
+        return opts
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A named pool of warm executor actors, declared on an App: `pools = {"source":
+    Pool(size=2)}` (or just `{"source": 2}`). A `@task(pool="source")` runs its attempts on
+    them: at most `size` at once, without a Ray task (and its lease) per attempt."""
+
+    size: int
+    """Actors in the pool: the most attempts of its tasks that run at once."""
+    max_attempts_per_actor: int | None = None
+    """Replace an actor after this many attempts (a leaking connector does not poison the
+    tasks after it); None: only after a crash, a timeout or a lost heartbeat."""
+    keep_warm_seconds: float = 60.0
+    """How long idle actors outlive the last run that used them in the driver process."""
+    num_cpus: float | None = None
+    """CPUs each actor holds while alive (None: Ray's actor default, 1 to place it, 0 held)."""
+    memory: int | None = None
+    resources: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise DefinitionError(f"Pool.size must be an int >= 1, got {self.size!r}")
+        limit = self.max_attempts_per_actor
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            raise DefinitionError(
+                f"Pool.max_attempts_per_actor must be an int >= 1 or None, got {limit!r}")
+        if self.keep_warm_seconds < 0:
+            raise DefinitionError("Pool.keep_warm_seconds must be >= 0")
+
+    def ray_options(self) -> dict[str, Any]:
+        """Ray placement options of each actor (unset ones are left to Ray's defaults)."""
         opts: dict[str, Any] = {}
         if self.num_cpus is not None:
             opts["num_cpus"] = self.num_cpus
@@ -299,6 +344,7 @@ def task(
     num_cpus: float | None = None,
     memory: int | None = None,
     resources: Mapping[str, float] | None = None,
+    pool: str | None = None,
 ) -> Any:
     """Mark an async App method as a durable, checkpointed, retried unit of work."""
 
@@ -320,6 +366,7 @@ def task(
             num_cpus=num_cpus,
             memory=memory,
             resources=resources,
+            pool=pool,
         )
         if timeout_seconds <= 0:
             raise DefinitionError(f"task {fn.__qualname__}: timeout_seconds must be > 0")
@@ -390,8 +437,11 @@ class App:
     """Task budget of one run (attempts included)."""
     payload_limit_bytes: ClassVar[int] = 2 * 1024 * 1024
     """Largest serialized task input or output."""
+    pools: ClassVar[Mapping[str, Pool | int]] = {}
+    """Named pools of warm executor actors that `@task(pool=name)` runs on (an int: the size)."""
 
     _tasks: ClassVar[dict[str, TaskSpec]] = {}
+    _pools: ClassVar[dict[str, Pool]] = {}
     _entrypoints: ClassVar[dict[str, EntrypointSpec]] = {}
 
     def __init_subclass__(
@@ -411,6 +461,7 @@ class App:
         else:
             cls.passthrough_modules = tuple(cls.passthrough_modules)
         cls._tasks = _collect_tasks(cls)
+        cls._pools = _collect_pools(cls)
         cls._entrypoints = _collect_entrypoints(cls)
 
     @classmethod
@@ -580,6 +631,34 @@ def _collect_tasks(cls: type[App]) -> dict[str, TaskSpec]:
                 )
             tasks[spec.name] = spec
     return tasks
+
+
+def _collect_pools(cls: type[App]) -> dict[str, Pool]:
+    """The App's pools, sizes given as ints made Pools; every task's pool must be one."""
+    pools: dict[str, Pool] = {}
+    for name, value in dict(cls.pools).items():
+        if not isinstance(name, str) or not name:
+            raise DefinitionError(f"{cls.__qualname__}.pools: pool names are non-empty strings, "
+                                  f"got {name!r}")
+        pool = value if isinstance(value, Pool) else Pool(size=value)  # type: ignore[arg-type]
+        pools[name] = pool
+    for spec in cls._tasks.values():
+        wanted, opts = spec.options.pool, spec.options
+        if wanted is None:
+            continue
+        if wanted not in pools:
+            raise DefinitionError(
+                f"task {cls.__qualname__}.{spec.fn.__name__} names pool {wanted!r}, which "
+                f"{cls.__qualname__} does not declare (declared: {sorted(pools) or 'none'}): "
+                f"add `pools = {{{wanted!r}: Pool(size=N)}}` to the class"
+            )
+        if opts.num_cpus is not None or opts.memory is not None or opts.resources:
+            raise DefinitionError(
+                f"task {cls.__qualname__}.{spec.fn.__name__} runs on pool {wanted!r}: its "
+                "placement is the pool's actors'; set num_cpus=, memory=, resources= on "
+                f"Pool(...) instead of @task"
+            )
+    return pools
 
 
 def _collect_entrypoints(cls: type[App]) -> dict[str, EntrypointSpec]:

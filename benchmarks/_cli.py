@@ -32,9 +32,11 @@ HERE = Path(__file__).resolve().parent
 METHOD = [
     "One Ray instance for the whole run (`ray.init(num_cpus=2)`, or the cluster at "
     "RAY_ADDRESS); raw Ray, the runtime and the probes all use it.",
-    "The limit is raw Ray: a module-level `@ray.remote` no-op awaited through asyncio "
-    "(`await asyncio.gather(*refs)` for fan-out, `await ref` in a loop for sequential), the "
-    "way the runtime awaits its own attempts.",
+    "The limit is raw Ray: a module-level `@ray.remote` no-op, `ray.get` of the list of refs "
+    "for fan-out and `ray.get` of each ref in a loop for sequential; for pools, the same calls "
+    "of a warm actor's no-op method (`raw Ray actor calls`, as many actors as the pool). The "
+    "same remote functions awaited through asyncio, the way the runtime awaits its attempts, "
+    "are an extra row (asyncio slows the limit itself).",
     "Each size runs every variant once per repetition, in an order rotated each repetition; "
     "figures are medians, ranges are min-max. Every variant is warmed up first (worker "
     "processes, function export, imports), untimed.",

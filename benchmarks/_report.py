@@ -13,6 +13,7 @@ from ._measure import Table, fmt_ratio, fmt_s
 __all__ = ["Target", "render_markdown", "render_text", "summarize", "targets", "write_json"]
 
 FILE, S3, RAW, DBOS = "runtime file://", "runtime S3 (moto)", "raw Ray", "DBOS SQLite"
+POOL, RAW_ACTOR = "runtime pool file://", "raw Ray actor calls"
 
 
 @dataclass
@@ -52,6 +53,17 @@ def _below(tables: dict[str, Table], case: str, name: str, limit: float, what: s
     return Target(what, goal, fmt(value), value < limit)
 
 
+def _dbos_over(tables: dict[str, Table], case: str, n: int, variant: str, least: float,
+               what: str) -> Target:
+    """DBOS time ÷ ours at N=n, at least `least`."""
+    ours, theirs = _fig(tables, case, f"{variant}@{n}"), _fig(tables, case, f"{DBOS}@{n}")
+    goal = f"DBOS ÷ ours >= {least}x"
+    if ours is None or theirs is None:
+        return Target(what, goal, "-", None)
+    return Target(what, goal, f"{fmt_ratio(theirs / ours)} ({fmt_s(theirs)} vs {fmt_s(ours)})",
+                  theirs / ours >= least)
+
+
 def _vs_dbos(tables: dict[str, Table]) -> list[Target]:
     out = []
     for key, label in (("fanout", "fan-out"), ("sequential", "sequential"),
@@ -60,7 +72,7 @@ def _vs_dbos(tables: dict[str, Table]) -> list[Target]:
         if table is None:
             continue
         sizes = sorted({int(k.rsplit("@", 1)[1]) for k in table.figures if k.startswith(DBOS)})
-        for variant in (FILE, S3):
+        for variant in (FILE, S3, POOL):
             pairs = [(n, table.figures.get(f"{variant}@{n}"), table.figures[f"{DBOS}@{n}"])
                      for n in sizes if table.figures.get(f"{variant}@{n}") is not None]
             if not pairs:
@@ -75,12 +87,22 @@ def _vs_dbos(tables: dict[str, Table]) -> list[Target]:
 def targets(tables: dict[str, Table]) -> list[Target]:
     kb = 2048.0
     rows = [
-        _ratio_target(tables, "fanout", 1000, FILE, RAW, 1.5, "fan-out 1,000, file:// vs raw Ray"),
-        _ratio_target(tables, "fanout", 5000, FILE, RAW, 1.5, "fan-out 5,000, file:// vs raw Ray"),
-        _ratio_target(tables, "fanout", 1000, S3, RAW, 1.5, "fan-out 1,000, S3 vs raw Ray"),
-        _ratio_target(tables, "sequential", 300, FILE, RAW, 1.5,
+        _ratio_target(tables, "fanout", 1000, FILE, RAW, 1.25,
+                      "fan-out 1,000, file:// vs raw Ray"),
+        _ratio_target(tables, "fanout", 5000, FILE, RAW, 1.25,
+                      "fan-out 5,000, file:// vs raw Ray"),
+        _ratio_target(tables, "sequential", 300, FILE, RAW, 1.15,
                       "sequential 300, file:// vs raw Ray"),
-        _ratio_target(tables, "sequential", 300, S3, RAW, 1.5, "sequential 300, S3 vs raw Ray"),
+        _ratio_target(tables, "fanout", 1000, S3, FILE, 1.25, "fan-out 1,000, S3 vs file://"),
+        _ratio_target(tables, "sequential", 300, S3, FILE, 1.25,
+                      "sequential 300, S3 vs file://"),
+        _ratio_target(tables, "fanout", 1000, POOL, RAW, 0.6,
+                      "fan-out 1,000 on a pool vs raw Ray"),
+        _ratio_target(tables, "fanout", 1000, POOL, RAW_ACTOR, 1.2,
+                      "fan-out 1,000 on a pool vs raw actor calls"),
+        _ratio_target(tables, "sequential", 300, POOL, RAW, 0.7,
+                      "sequential 300 on a pool vs raw Ray"),
+        _dbos_over(tables, "sequential", 300, POOL, 1.2, "sequential 300 on a pool vs DBOS"),
         _below(tables, "resume", f"{FILE}@2000", 1.0, "resume 2,000 recorded, file://"),
         _below(tables, "resume", f"{FILE}@5000", 1.0, "resume 5,000 recorded, file://"),
         _below(tables, "resume", f"{S3}@5000", 3.0, "resume 5,000 recorded, S3"),
@@ -119,7 +141,7 @@ def summarize(tables: dict[str, Table]) -> list[str]:
         for n in sizes:
             raw = t.figures.get(f"{RAW}@{n}")
             bits = []
-            for variant, short in ((FILE, "file://"), (S3, "S3")):
+            for variant, short in ((FILE, "file://"), (S3, "S3"), (POOL, "pool")):
                 v = t.figures.get(f"{variant}@{n}")
                 if v is not None and raw:
                     bits.append(f"{short} {(v - raw) / n * 1000:+.2f} ms/task "

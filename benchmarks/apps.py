@@ -15,10 +15,11 @@ import time
 
 import ray
 
-from application_sdk.app import App, task
+from application_sdk.app import App, Pool, task
 from application_sdk.contracts import Input, Output
 
 __all__ = [
+    "POOL_SIZE",
     "Batch",
     "BatchOut",
     "BenchApp",
@@ -26,6 +27,8 @@ __all__ = [
     "Item",
     "ItemOut",
     "NoHeartbeatApp",
+    "PoolBenchApp",
+    "RawActor",
     "raw_noop",
     "raw_sleep",
 ]
@@ -110,6 +113,25 @@ class NoHeartbeatApp(App):
         return await _orchestrate(self.work, input)
 
 
+POOL_SIZE = 2
+"""Actors of the pool benchmarks (and of the raw actor-call limit): one per core here."""
+
+
+class PoolBenchApp(App):
+    """BenchApp's tasks on a pool of warm executor actors, kept warm across the benchmark's
+    runs (its processes exist before the timed run, as the raw actors do)."""
+
+    max_task_executions = BUDGET
+    pools = {"bench": Pool(size=POOL_SIZE, keep_warm_seconds=3600)}
+
+    @task(pool="bench")
+    async def work(self, input: Item) -> ItemOut:
+        return _work(input)
+
+    async def run(self, input: Batch) -> BatchOut:
+        return await _orchestrate(self.work, input)
+
+
 # -- the limit: plain Ray remote functions, same retry options as the runtime's --------------
 
 
@@ -122,3 +144,11 @@ def raw_noop(i: int) -> int:
 def raw_sleep(i: int, sleep_ms: int) -> int:
     time.sleep(sleep_ms / 1000)
     return i
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class RawActor:
+    """The limit of a pool: a warm actor's no-op method (Ray's actor defaults, as the pool's)."""
+
+    def noop(self, i: int) -> int:
+        return i

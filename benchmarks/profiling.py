@@ -56,6 +56,10 @@ async def _one_run(case: str, n: int, store: str, app: Any = None,
     from ._cases import raw_run, runtime_run
     from .apps import BenchApp
 
+    if case.startswith("raw-actor"):
+        from ._cases import raw_actor_run
+
+        return await raw_actor_run(n, case == "raw-actor-fanout")
     if case.startswith("raw"):
         return await raw_run(n, case == "raw-fanout")
     return await runtime_run(app or BenchApp, store, n, case != "sequential", run_id=run_id)
@@ -299,21 +303,40 @@ def _patches() -> dict[str, Callable[[], Callable[[], None]]]:
         App.on_complete = on_complete  # type: ignore[method-assign]
         return lambda: setattr(App, "on_complete", original)
 
-    def batch_50ms() -> Callable[[], None]:
-        original = jr.GroupCommitter.__init__
+    def batch_wait(seconds: float) -> Callable[[], Callable[[], None]]:
+        def install() -> Callable[[], None]:
+            original = jr.GroupCommitter.__init__
 
-        def init(self: Any, *args: Any, **kwargs: Any) -> None:
-            original(self, *args, **kwargs)
-            self.interval = 0.05
+            def init(self: Any, *args: Any, **kwargs: Any) -> None:
+                original(self, *args, **kwargs)
+                self.interval = seconds
 
-        jr.GroupCommitter.__init__ = init  # type: ignore[method-assign]
-        return lambda: setattr(jr.GroupCommitter, "__init__", original)
+            jr.GroupCommitter.__init__ = init  # type: ignore[method-assign]
+            return lambda: setattr(jr.GroupCommitter, "__init__", original)
+
+        return install
+
+    def pool_at_once() -> Callable[[], None]:
+        from runtime.dispatch import _pool
+
+        original = _pool.PoolDispatcher._wake
+
+        def wake(self: Any) -> None:  # a lone attempt and an idle actor: no loop turn first
+            if len(self.queue) == 1 and any(s.ready and s.batch is None for s in self.slots):
+                self._dispatch()
+                return
+            original(self)
+
+        _pool.PoolDispatcher._wake = wake  # type: ignore[method-assign]
+        return lambda: setattr(_pool.PoolDispatcher, "_wake", original)
 
     return {"bulk delete": bulk_delete,
+            "pool dispatches a lone attempt at once": pool_at_once,
             "no journal writes (upper bound)": no_journal_io,
             "S3 reads without HEAD": s3_get_only,
             "no cleanup_storage task": no_cleanup_storage,
-            "group commit waits 50 ms": batch_50ms}
+            "group commit waits 50 ms": batch_wait(0.05),
+            "group commit waits 20 ms": batch_wait(0.02)}
 
 
 WHATIF: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -321,9 +344,14 @@ WHATIF: dict[str, tuple[str, tuple[str, ...]]] = {
     "raw Ray": ("raw", ()),
     "as is": ("BenchApp", ()),
     "heartbeats off (NoHeartbeatApp)": ("NoHeartbeatApp", ()),
-    "no cleanup_storage task": ("BenchApp", ("no cleanup_storage task",)),
-    "+ no journal writes (upper bound)": ("BenchApp", ("no cleanup_storage task",
-                                                       "no journal writes (upper bound)")),
+    "group commit waits 20 ms": ("BenchApp", ("group commit waits 20 ms",)),
+    "no journal writes (upper bound)": ("BenchApp", ("no journal writes (upper bound)",)),
+    "raw actor calls": ("raw-actor", ()),
+    "on a pool (PoolBenchApp)": ("PoolBenchApp", ()),
+    "on a pool, no journal writes (upper bound)": ("PoolBenchApp",
+                                                   ("no journal writes (upper bound)",)),
+    "on a pool, a lone attempt dispatched at once": ("PoolBenchApp",
+                                                     ("pool dispatches a lone attempt at once",)),
 }
 _S3_FIXES = ("S3 reads without HEAD", "no cleanup_storage task", "bulk delete",
              "group commit waits 50 ms")
@@ -350,6 +378,8 @@ async def _whatif(case: str, n: int, store: str, repeat: int,
             raw = "raw-fanout" if case != "sequential" else "raw-seq"
             if app_name == "raw":
                 return await _one_run(raw, size, store)
+            if app_name == "raw-actor":
+                return await _one_run(f"raw-actor-{raw[4:]}", size, store)
             app = getattr(apps, app_name)
             if case == "resume":
                 run_id = f"w-{uuid.uuid4().hex[:8]}"
@@ -363,7 +393,8 @@ async def _whatif(case: str, n: int, store: str, repeat: int,
             for u in reversed(undo):
                 u()
 
-    names = [v for v in variants if not (case == "resume" and variants[v][0] == "raw")]
+    names = [v for v in variants
+             if not (case == "resume" and variants[v][0] in ("raw", "raw-actor"))]
     for name in names:
         await one(name, 20)
     samples: dict[str, list[float]] = {name: [] for name in names}

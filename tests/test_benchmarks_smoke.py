@@ -16,8 +16,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 TIMED_CASES = {
-    "fanout": {"raw Ray", "runtime file://", "runtime S3 (moto)", "DBOS SQLite"},
-    "sequential": {"raw Ray", "runtime file://", "runtime S3 (moto)", "DBOS SQLite"},
+    "fanout": {"raw Ray", "raw Ray actor calls", "raw Ray, awaited in asyncio", "runtime file://",
+               "runtime pool file://", "runtime S3 (moto)", "DBOS SQLite"},
+    "sequential": {"raw Ray", "raw Ray actor calls", "raw Ray, awaited in asyncio",
+                   "runtime file://", "runtime pool file://", "runtime S3 (moto)", "DBOS SQLite"},
     "resume": {"runtime file://", "runtime S3 (moto)", "DBOS SQLite"},
     "sleep": {"raw Ray", "runtime file://", "runtime S3 (moto)"},
     "memory": {"raw Ray fan-out", "runtime fan-out", "raw Ray sequential",
@@ -65,4 +67,6 @@ def test_quick_benchmark_run_produces_every_figure(ray_session, s3_server, tmp_p
     text = results.read_text()
     for heading in ("## Machine and versions", "## Commands", "## Targets", "| raw Ray |"):
         assert heading in text
-    assert {t["what"] for t in data["targets"]} >= {"fan-out 1,000, file:// vs raw Ray"}
+    assert {t["what"] for t in data["targets"]} >= {
+        "fan-out 1,000, file:// vs raw Ray", "fan-out 1,000 on a pool vs raw actor calls",
+        "sequential 300 on a pool vs DBOS"}

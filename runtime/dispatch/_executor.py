@@ -3,7 +3,8 @@
 Each attempt's result is an asyncio future settled from Ray's completion callback. Anything
 that ends an attempt early (its timeout, a lost heartbeat, cancellation of run()) settles that
 future with an error and cancels the Ray task with force, which kills the worker process: a task
-blocked in C code or `time.sleep` cannot ignore it.
+blocked in C code or `time.sleep` cannot ignore it. An attempt of a task that names a pool goes
+to the pool's warm actors instead (`_pool`), which keep the same promises their own way.
 
 A completed attempt is answered as (output bytes, the worker's stamp: start and end on its
 clock, node, pid, files; `runtime.worker._timing`). The dispatch and receive times are taken by
@@ -21,11 +22,12 @@ from typing import Any
 
 import ray
 
-from application_sdk.app import App, TaskSpec
+from application_sdk.app import App, Pool, TaskSpec
 from application_sdk.errors import TaskUnschedulableError
 
 from .._runcontext import RunContext
 from ..worker import pack_attempt, remote_for, unpack_result
+from ._pool import PoolDispatcher, dispatcher_for
 
 __all__ = ["Attempt", "RayExecutor"]
 
@@ -41,6 +43,8 @@ class Attempt:
     result: asyncio.Future[bytes]
     options: Any
     dispatched_at: float = field(default_factory=time.time)
+    stop: Callable[[BaseException | None], None] | None = None
+    """A pool attempt's kill switch (error, or None to cancel); None on the Ray-task path."""
 
 
 class RayExecutor:
@@ -58,6 +62,7 @@ class RayExecutor:
         self._by_task: dict[str, Any] = {}
         self._heartbeats: dict[str, tuple[Any, ...]] = {}
         self._feasible: dict[str, asyncio.Future[None]] = {}
+        self._pools: dict[str, PoolDispatcher] = {}
 
     def _remote_for(self, spec: TaskSpec) -> Any:
         remote = self._by_task.get(spec.name)
@@ -108,6 +113,8 @@ class RayExecutor:
         loop = asyncio.get_running_loop()
         info = (key, number, details, self.monitor, self._heartbeat_settings(spec))
         blob = pack_attempt(spec.name, payload, self._packed, info)
+        if spec.options.pool is not None:
+            return unpack_result(await self._on_pool(spec, key, number, blob, timeout))
         ref = self._remote_for(spec).remote(blob, *self._extra)
         result: asyncio.Future[bytes] = loop.create_future()
         ref.future().add_done_callback(lambda cf: _call_soon(loop, result, cf))
@@ -124,10 +131,34 @@ class RayExecutor:
             if self.running.get(key) is attempt:
                 del self.running[key]
 
+    async def _on_pool(self, spec: TaskSpec, key: str, number: int, blob: bytes,
+                       timeout: float) -> bytes:
+        """The attempt on its pool's warm actors (`_pool`): queued, batched, run there."""
+        name = spec.options.pool
+        assert name is not None
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = self._pools[name] = dispatcher_for(self.app_cls, name)
+        attempt = Attempt(key, spec.name, number, None,
+                          asyncio.get_running_loop().create_future(), spec.options)
+        self.running[key] = attempt
+        try:
+            return await pool.run(attempt, blob, self._extra[0] if self._extra else None,
+                                  timeout)
+        finally:
+            if self.running.get(key) is attempt:
+                del self.running[key]
+
+    def close(self) -> None:
+        """The run is over: its pools may park their idle actors."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
     async def _wait_until_feasible(self, spec: TaskSpec) -> None:
         """Ray keeps a task no node can ever run pending forever: wait a bounded time for
         such a node (an autoscaler may add one), then fail with a clear error."""
-        wanted = _requested(spec)
+        wanted = _requested(spec, self.app_cls._pools.get(spec.options.pool or ""))
         deadline = time.monotonic() + float(
             os.environ.get("CONNECTOR_RUNTIME_UNSCHEDULABLE_WAIT", "120"))
         while True:
@@ -150,16 +181,22 @@ class RayExecutor:
         attempt = self.running.get(key)
         if attempt is None or attempt.result.done():
             return
+        if attempt.stop is not None:
+            attempt.stop(error)
+            return
         attempt.result.set_exception(error)
         _cancel(attempt.ref)
 
     def cancel_all(self) -> None:
         for attempt in list(self.running.values()):
-            _cancel(attempt.ref)
+            if attempt.stop is not None:
+                attempt.stop(None)
+            else:
+                _cancel(attempt.ref)
 
 
-def _requested(spec: TaskSpec) -> dict[str, float]:
-    opts = spec.options
+def _requested(spec: TaskSpec, pool: Pool | None = None) -> dict[str, float]:
+    opts: Any = pool if pool is not None else spec.options
     wanted: dict[str, float] = {"CPU": 1.0 if opts.num_cpus is None else float(opts.num_cpus)}
     if opts.memory:
         wanted["memory"] = float(opts.memory)

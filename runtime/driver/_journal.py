@@ -103,6 +103,8 @@ class GroupCommitter:
         self._appended = 0
         self._durable = 0
         self._urgent = False
+        self._flushing = 0
+        """Callers waiting in flush(): the segment is written at once, without the wait."""
         self._wake = asyncio.Event()
         self._done = asyncio.Condition()
         self._closing = False
@@ -126,9 +128,14 @@ class GroupCommitter:
     async def flush(self) -> None:
         """Wait until everything appended so far is durable."""
         target = self._appended
+        self._flushing += 1
         self._wake.set()
-        async with self._done:
-            await self._done.wait_for(lambda: self._durable >= target or self.error is not None)
+        try:
+            async with self._done:
+                await self._done.wait_for(
+                    lambda: self._durable >= target or self.error is not None)
+        finally:
+            self._flushing -= 1
         if self.error is not None:
             raise self.error
 
@@ -149,7 +156,7 @@ class GroupCommitter:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if not self._closing and len(self._buf) < self.max_batch:
+            if not (self._closing or self._flushing) and len(self._buf) < self.max_batch:
                 await asyncio.sleep(self.interval)  # let a burst of completions join the batch
             batch, self._buf, self._urgent = self._buf, [], False
             try:

@@ -217,7 +217,7 @@ class DriverSession:
             on_replaced=functools.partial(setattr, executor, "monitor"))
         budget = Budget(self.app_cls.max_task_executions, index.executions, runs.run_id)
         steps = StepRunner(index, committer, executor, budget, self.progress,
-                           local=functools.partial(self._answer_locally, run_ctx))
+                           local=functools.partial(self._answer_locally, run_ctx, index))
         steps.workers.load(load.records)
         orch = Orchestrator(self.app_cls, steps, index, committer, key_scheme=self.key_scheme)
         log.info("run %s: %d task results recorded, %d segments", runs.run_id,
@@ -230,6 +230,7 @@ class DriverSession:
         finally:
             watch.cancel()
             self.heartbeats.close()
+            executor.close()  # its pools park their idle actors for the next run
 
     def _running_record(self, record: RunRecord | None) -> RunRecord:
         if record is None:
@@ -428,7 +429,7 @@ class DriverSession:
             "status (the new owner finishes the run)"
         )
 
-    async def _answer_locally(self, run: RunContext, spec: TaskSpec,
+    async def _answer_locally(self, run: RunContext, index: JournalIndex, spec: TaskSpec,
                               inp: Input) -> Output | None:
         """The built-in cleanup tasks, answered in the driver (journaled as attempt 0).
 
@@ -442,7 +443,8 @@ class DriverSession:
         if spec.fn is _BUILTIN_CLEANUP_STORAGE:
             if getattr(inp, "outcome", "") == "failed":
                 return CleanupOutput(deleted=0)
-            return CleanupOutput(deleted=await asyncio.to_thread(cleanup_transient, run))
+            return CleanupOutput(deleted=await asyncio.to_thread(
+                cleanup_transient, run, list(index.objects)))  # the journal is in memory
         if spec.fn is _BUILTIN_CLEANUP_FILES:
             return CleanupOutput(deleted=await asyncio.to_thread(cleanup_scratch, run, False))
         return None

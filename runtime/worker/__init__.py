@@ -3,7 +3,8 @@
 Rooms: `_attempt` (the remote function: unpack, set the task context, run, pack the output),
 `_files` (materialize references before a task, persist them after it), `_taskruntime` (what
 `self.heartbeat()` and the cleanup tasks reach), `_cleanup` (scratch folders and TRANSIENT
-objects), `_timing` (what an attempt reports about itself: times, node, pid, files).
+objects), `_timing` (what an attempt reports about itself: times, node, pid, files),
+`_pool_actor` (the warm executor actor of a `Pool`: batches of attempts).
 """
 
 from ._attempt import AttemptInfo, pack_attempt, remote_for, run_attempt
@@ -16,11 +17,15 @@ from ._files import (
     objects_in,
     without_local_paths,
 )
+from ._pool_actor import FAILED, OK, PoolWorker, pool_actor_class
 from ._timing import STAMP_ATTR, unpack_result
 
 __all__ = [
+    "FAILED",
+    "OK",
     "STAMP_ATTR",
     "AttemptInfo",
+    "PoolWorker",
     "after_task",
     "allowed_roots",
     "before_task",
@@ -30,6 +35,7 @@ __all__ = [
     "delete_run_scratch",
     "objects_in",
     "pack_attempt",
+    "pool_actor_class",
     "remote_for",
     "run_attempt",
     "unpack_result",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from storage import PathRefusedError, RunStore, delete_local, delete_store_prefix, tier_prefix
 
@@ -60,7 +61,7 @@ def _on_nodes(run: RunContext, include_this_one: bool) -> int:
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
     if not nodes:
         return 0
-    remote = ray.remote(num_cpus=0, max_retries=1)(delete_run_scratch)
+    remote = _node_remote()
     refs = [
         remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
         .remote(run.app_name, run.run_id)
@@ -79,12 +80,29 @@ def _on_nodes(run: RunContext, include_this_one: bool) -> int:
     return total
 
 
-def cleanup_transient(run: RunContext) -> int:
-    """Delete the run's TRANSIENT objects from the store; returns how many objects went."""
+_remote: Any = None
+
+
+def _node_remote() -> Any:
+    """The per-node deletion as a Ray remote function, made (and exported) once per process."""
+    global _remote
+    if _remote is None:
+        import ray
+
+        _remote = ray.remote(num_cpus=0, max_retries=1)(delete_run_scratch)
+    return _remote
+
+
+def cleanup_transient(run: RunContext, recorded: list[dict] | None = None) -> int:
+    """Delete the run's TRANSIENT objects from the store; returns how many objects went.
+
+    `recorded`: the journal's "o" records when the caller holds them (the driver's index), so
+    the cross-check does not read the whole journal again (300 segments: about 0.1 s)."""
     store = run.store()
     prefix = tier_prefix("transient", run.app_name, run.run_id)
     count = delete_store_prefix(store, prefix, [prefix])
-    for path in _recorded_transient(store, run):
+    paths = _recorded_transient(store, run) if recorded is None else _transient_paths(recorded)
+    for path in paths:
         if path == prefix or path.startswith(prefix + "/"):
             continue  # already gone with the prefix
         try:
@@ -101,5 +119,9 @@ def _recorded_transient(store, run: RunContext) -> list[str]:
         log.warning("run %s: journal not readable for the cleanup cross-check: %s",
                     run.run_id, exc)
         return []
-    return sorted({r["p"] for r in load.records
+    return _transient_paths(load.records)
+
+
+def _transient_paths(records: list[dict]) -> list[str]:
+    return sorted({r["p"] for r in records
                    if r.get("y") == "o" and r.get("t") == "transient" and r.get("p")})

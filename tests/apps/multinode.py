@@ -8,7 +8,7 @@ import time
 
 import ray
 
-from application_sdk.app import App, RetryPolicy, task
+from application_sdk.app import App, Pool, RetryPolicy, task
 from application_sdk.contracts import Input, Output
 
 from .counting import mark
@@ -55,5 +55,28 @@ class FreezeApp(SpreadApp):
     """SpreadApp with a short heartbeat timeout: a frozen node is noticed by its silence."""
 
     @task(name="part", retry_policy=RetryPolicy(max_attempts=1), heartbeat_timeout_seconds=3)
+    async def part(self, input: Part) -> PartDone:
+        return await SpreadApp.part.__wrapped__(self, input)
+
+
+class PoolSpreadApp(SpreadApp):
+    """SpreadApp's parts on a pool of 2 warm actors: a removed node takes its actor along."""
+
+    pools = {"nodes": Pool(size=2, keep_warm_seconds=0)}
+
+    @task(name="part", pool="nodes", retry_policy=RetryPolicy(max_attempts=1),
+          heartbeat_timeout_seconds=10)
+    async def part(self, input: Part) -> PartDone:
+        return await SpreadApp.part.__wrapped__(self, input)
+
+
+class FreezePoolApp(SpreadApp):
+    """PoolSpreadApp with FreezeApp's short heartbeat timeout: a pool actor on a frozen node is
+    noticed by its silence."""
+
+    pools = {"nodes": Pool(size=2, keep_warm_seconds=0)}
+
+    @task(name="part", pool="nodes", retry_policy=RetryPolicy(max_attempts=1),
+          heartbeat_timeout_seconds=3)
     async def part(self, input: Part) -> PartDone:
         return await SpreadApp.part.__wrapped__(self, input)

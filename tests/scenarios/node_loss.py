@@ -3,11 +3,13 @@
 A Cluster cannot share a process with the test session's own `ray.init()`, so each scenario
 builds its cluster here, runs an app, removes a node mid-flight, and prints a JSON report.
 
-    python -m tests.scenarios.node_loss STORE_URL WORKDIR [--nodes N] [--freeze]
+    python -m tests.scenarios.node_loss STORE_URL WORKDIR [--nodes N] [--freeze] [--pool]
 
 With `--freeze` the node is not removed but frozen (SIGSTOP of its raylet and every process
 under it) with Ray's default failure detection, so Ray still thinks it alive: only the
 heartbeat watchdog can notice. The report then says where the heartbeat monitor lived.
+With `--pool` the tasks run on a pool of warm actors (`PoolSpreadApp`, `FreezePoolApp` with
+`--freeze`) instead of Ray tasks.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ray.cluster_utils import Cluster
 
 from runtime import run_app
 from storage import RunStore, open_store
-from tests.apps.multinode import FreezeApp, SpreadApp
+from tests.apps.multinode import FreezeApp, FreezePoolApp, PoolSpreadApp, SpreadApp
 
 FAST_FAILURE_DETECTION = {
     "health_check_initial_delay_ms": 0,
@@ -42,8 +44,10 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=1)
     parser.add_argument("--freeze", action="store_true")
+    parser.add_argument("--pool", action="store_true")
     args = parser.parse_args()
-    app = FreezeApp if args.freeze else SpreadApp
+    app = {(False, False): SpreadApp, (True, False): FreezeApp, (False, True): PoolSpreadApp,
+           (True, True): FreezePoolApp}[(args.freeze, args.pool)]
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "env_vars": {"PYTHONPATH": os.getcwd()},
