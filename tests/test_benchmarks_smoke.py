@@ -53,6 +53,7 @@ def test_quick_benchmark_run_produces_every_figure(ray_session, s3_server, tmp_p
     guards = cases["guards"]
     if guards["figures"].get("switch"):
         assert len(_variants(guards["figures"])) == 2, guards
+        assert sum(k.startswith("gathered ") for k in guards["figures"]) == 2, guards
     else:
         assert any(n.startswith("N/A") for n in guards["notes"]), guards
 

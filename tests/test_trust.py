@@ -264,6 +264,8 @@ def test_a_corrupt_segment_holding_a_recorded_value_reruns_what_it_fed_not_a_div
     record = runs.read_run()
     assert record.status is RunStatus.COMPLETED
     assert any(holding[0] in w and "failed their checksum" in w for w in record.warnings)
+    report = replay(t.ValueThenGate, "vg", store=file_store)  # the soak's second finding
+    assert report.corrupt == [holding[0]] and report.not_requested and not report.divergent
 
 
 def _segment_records(store, key: str) -> list[dict]:
