@@ -1,7 +1,7 @@
 """The App Framework API: everything a connector author imports."""
 
 from ._appcontext import AppContext
-from .app import NO_RETRY, App, RetryPolicy, entrypoint, now, random, task, uuid4
+from .app import NO_RETRY, App, Pool, RetryPolicy, entrypoint, now, random, task, uuid4
 from .contracts import (
     FileReference,
     HeartbeatDetails,
@@ -22,6 +22,7 @@ __all__ = [
     "NonRetryableError",
     "Output",
     "OutputStatus",
+    "Pool",
     "RetryPolicy",
     "RetryableError",
     "StorageTier",
