@@ -29,9 +29,10 @@ class Out(Output):
 def test_public_names_are_pinned():
     assert sorted(application_sdk.__all__) == sorted([
         "App", "AppContext", "FileReference", "HeartbeatDetails", "Input", "NO_RETRY",
-        "NonRetryableError", "Output", "OutputStatus", "RetryPolicy", "RetryableError",
+        "NonRetryableError", "Output", "OutputStatus", "Pool", "RetryPolicy", "RetryableError",
         "StorageTier", "entrypoint", "now", "random", "task", "uuid4",
     ])
+    assert application_sdk.Pool is app_mod.Pool
     assert {"App", "AppContext", "AppError", "task", "entrypoint", "RetryPolicy", "NO_RETRY",
             "NonRetryableError", "RetryableError", "now", "uuid4", "Input", "Output",
             "OutputStatus"} <= set(app_mod.__all__)
