@@ -82,19 +82,25 @@ def lease_limit() -> int:
     return _SMALL
 
 
-def check_depth(value: Any, what: str, limit: int = MAX_DEPTH) -> None:
-    """InvalidRecordError if `value` nests maps and arrays deeper than `limit`."""
+def check_depth(value: Any, what: str, limit: int = MAX_DEPTH, *,
+                json_only: bool = False) -> None:
+    """InvalidRecordError if `value` nests maps and arrays deeper than `limit`, or, with
+    `json_only`, holds a value JSON has no type for (bytes: a field every reader renders as
+    JSON, `status --json` and the service among them)."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
-            children = item.values()
+            children = list(item.values())
         elif isinstance(item, list):
             children = item
         else:
             continue
         if depth > limit:
             raise InvalidRecordError(f"{printable(what)}: nested deeper than {limit} levels")
+        if json_only and any(isinstance(c, (bytes, bytearray)) for c in children):
+            raise InvalidRecordError(f"{printable(what)}: holds bytes, where only JSON values "
+                                     "belong")
         stack.extend((child, depth + 1) for child in children
                      if isinstance(child, (dict, list)))
 

@@ -372,7 +372,7 @@ def run_record(data: bytes, key: str, app: str, run_id: str) -> RunRecord:
             f"{printable(key)}: names run {printable(record.app)}/{printable(record.run_id)} "
             "but is stored in another run's folder (moved or forged)")
     for name in ("input", "output", "error", "progress"):
-        check_depth(getattr(record, name), f"{key}: field {name!r}")
+        check_depth(getattr(record, name), f"{key}: field {name!r}", json_only=True)
     return record
 
 

@@ -642,20 +642,30 @@ def _ray_executable() -> str:
     return found
 
 
-def _marked_pids(marker: str) -> list[int]:
-    """Pids whose environment has RAY_HEAD_MARKER_VAR=marker (i.e. started by this head)."""
-    needle = f"{RAY_HEAD_MARKER_VAR}={marker}".encode()
+def pids_with_env(var: str, value: str, *, zombies: bool = True) -> list[int]:
+    """Pids of processes (not this one) whose environment has `var=value`: what a fixture
+    started, found again to end it; `zombies=False` leaves out processes already dead."""
+    needle = f"{var}={value}".encode()
     pids = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as fh:
-                if needle in fh.read().split(b"\0"):
-                    pids.append(int(entry.name))
+                found = needle in fh.read().split(b"\0")
+            if found and not zombies:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    found = fh.read().rsplit(")", 1)[1].split()[0] != "Z"
         except OSError:
             continue
+        if found:
+            pids.append(int(entry.name))
     return pids
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Pids whose environment has RAY_HEAD_MARKER_VAR=marker (i.e. started by this head)."""
+    return pids_with_env(RAY_HEAD_MARKER_VAR, marker)
 
 
 def _session_pids(sid: int) -> list[int]:

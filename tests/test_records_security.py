@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from runtime._errors import UsageError
@@ -406,6 +406,8 @@ _json = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) 
                                                                  HealthCheck.function_scoped_fixture])
 @given(fields=st.dictionaries(st.sampled_from(sorted(RunRecord.model_fields)), _json,
                               min_size=1, max_size=4))
+@example(fields={"error": {"": b"\x80"}})  # found by this test: listed, then not renderable
+@example(fields={"progress": {"a": [1, {"b": b"x"}]}})
 def test_list_runs_never_fails_on_hostile_fields(fields):
     """Any valid-checksum record with fields of any JSON type: listed if it fits the schema,
     else reported by key; the genuine record is always listed, nothing raises."""

@@ -31,7 +31,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from storage import RunRecord, RunStatus, RunStore, open_store
-from tests.services import free_port
+from tests.services import free_port, pids_with_env
 
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "tests" / "apps" / "serviceapp"
@@ -90,21 +90,7 @@ class Service:
 
 def marked_pids(marker: str) -> list[int]:
     """Live processes whose environment carries MARKER_VAR=marker (a service's drivers)."""
-    needle = f"{MARKER_VAR}={marker}".encode()
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as fh:
-                found = needle in fh.read().split(b"\0")
-            with open(f"/proc/{entry.name}/stat") as fh:
-                zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except OSError:
-            continue
-        if found and not zombie:
-            pids.append(int(entry.name))
-    return pids
+    return pids_with_env(MARKER_VAR, marker, zombies=False)
 
 
 def start_service(tmp: Path, *, store: str | None = None, env: dict[str, str] | None = None,
