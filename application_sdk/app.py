@@ -173,14 +173,20 @@ class TaskOptions:
 
     def ray_options(self) -> dict[str, Any]:
         """Ray placement options set on this task (unset ones are left to Ray's defaults)."""
-        opts: dict[str, Any] = {}
-        if self.num_cpus is not None:
-            opts["num_cpus"] = self.num_cpus
-        if self.memory is not None:
-            opts["memory"] = self.memory
-        if self.resources:
-            opts["resources"] = dict(self.resources)
-        return opts
+        return _placement(self.num_cpus, self.memory, self.resources)
+
+
+def _placement(num_cpus: float | None, memory: int | None,
+               resources: Mapping[str, float] | None) -> dict[str, Any]:
+    """Ray placement options of a task or a pool's actors (unset ones left to Ray)."""
+    opts: dict[str, Any] = {}
+    if num_cpus is not None:
+        opts["num_cpus"] = num_cpus
+    if memory is not None:
+        opts["memory"] = memory
+    if resources:
+        opts["resources"] = dict(resources)
+    return opts
 
 
 @dataclass(frozen=True)
@@ -214,14 +220,7 @@ class Pool:
 
     def ray_options(self) -> dict[str, Any]:
         """Ray placement options of each actor (unset ones are left to Ray's defaults)."""
-        opts: dict[str, Any] = {}
-        if self.num_cpus is not None:
-            opts["num_cpus"] = self.num_cpus
-        if self.memory is not None:
-            opts["memory"] = self.memory
-        if self.resources:
-            opts["resources"] = dict(self.resources)
-        return opts
+        return _placement(self.num_cpus, self.memory, self.resources)
 
 
 def _annotations(fn: Callable[..., Any]) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ import pytest
 
 from storage import RunStore, open_store
 from tests.browser import Browser, Page, find_chromium, missing_chromium
-from tests.test_service import Service, end_leftovers, wait_for
+from tests.test_service import Service, end_leftovers, start_service, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "tests" / "apps" / "observeapp"
@@ -33,32 +33,8 @@ XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>"\'&'
 
 
 def _start_service(tmp: Path, ray_address: str) -> Service:
-    import subprocess
-    import sys
-
-    from tests.services import free_port
-
-    port = free_port()
-    token = uuid.uuid4().hex
-    marker = uuid.uuid4().hex
-    store = str(tmp / "store")
-    log_dir = tmp / "driver-logs"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ray_address,
-           "CONNECTOR_RUNTIME_TEST_SERVICE": marker, "CONNECTOR_RUNTIME_API_TOKEN": token}
-    out_path = tmp / "service.out"
-    with open(out_path, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "serve", "observe_app:ObserveApp", "--port",
-             str(port), "--store", store, "--log-dir", str(log_dir), "--launcher", "process"],
-            cwd=APP_DIR, env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True)
-    service = Service(f"http://127.0.0.1:{port}", proc, out_path, store, log_dir, token, marker)
-    try:
-        service.wait_healthy()
-    except BaseException:
-        service.stop()
-        raise
-    return service
+    return start_service(tmp, env={"RAY_ADDRESS": ray_address}, token=uuid.uuid4().hex,
+                         app="observe_app:ObserveApp", app_dir=APP_DIR)
 
 
 @pytest.fixture(scope="module")

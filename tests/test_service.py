@@ -95,7 +95,7 @@ def marked_pids(marker: str) -> list[int]:
 
 def start_service(tmp: Path, *, store: str | None = None, env: dict[str, str] | None = None,
                   args: tuple[str, ...] = ("--launcher", "process"), token: str | None = None,
-                  marker: str | None = None) -> Service:
+                  marker: str | None = None, app: str = APP, app_dir: Path = APP_DIR) -> Service:
     port = free_port()
     marker = marker or uuid.uuid4().hex
     store = store or str(tmp / "store")
@@ -108,9 +108,9 @@ def start_service(tmp: Path, *, store: str | None = None, env: dict[str, str] | 
     out_path = tmp / f"service-{port}.out"
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "serve", APP, "--port", str(port), "--store",
+            [sys.executable, "-m", "runtime", "serve", app, "--port", str(port), "--store",
              store, "--log-dir", str(log_dir), *args],
-            cwd=APP_DIR, env=full_env, stdin=subprocess.DEVNULL, stdout=out,
+            cwd=app_dir, env=full_env, stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True)
     service = Service(f"http://127.0.0.1:{port}", proc, out_path, store, log_dir, token, marker)
     try:
