@@ -3,8 +3,10 @@
 Each attempt's result is an asyncio future settled from Ray's completion callback. Anything
 that ends an attempt early (its timeout, a lost heartbeat, cancellation of run()) settles that
 future with an error and cancels the Ray task with force, which kills the worker process: a task
-blocked in C code or `time.sleep` cannot ignore it. An attempt of a task that names a pool goes
-to the pool's warm actors instead (`_pool`), which keep the same promises their own way.
+blocked in C code or `time.sleep` cannot ignore it. A fan-out wider than the cluster sends its
+attempts in streaming batches (`_batch`), which keep every promise per attempt. An attempt of a
+task that names a pool goes to the pool's warm actors instead (`_pool`), which keep the same
+promises their own way.
 
 A completed attempt is answered as (output bytes, the worker's stamp: start and end on its
 clock, node, pid, files; `runtime.worker._timing`). The dispatch and receive times are taken by
@@ -26,7 +28,8 @@ from application_sdk.app import App, Pool, TaskSpec
 from application_sdk.errors import TaskUnschedulableError
 
 from .._runcontext import RunContext
-from ..worker import pack_attempt, remote_for, unpack_result
+from ..worker import batch_remote_for, pack_attempt, remote_for, unpack_result
+from ._batch import TaskBatcher, slots_of
 from ._pool import PoolDispatcher, dispatcher_for
 
 __all__ = ["Attempt", "RayExecutor"]
@@ -40,11 +43,12 @@ class Attempt:
     task: str
     number: int
     ref: Any
+    """Unused (None): the attempt's Ray call belongs to its batcher or its pool."""
     result: asyncio.Future[bytes]
     options: Any
     dispatched_at: float = field(default_factory=time.time)
     stop: Callable[[BaseException | None], None] | None = None
-    """A pool attempt's kill switch (error, or None to cancel); None on the Ray-task path."""
+    """The attempt's kill switch (error, or None to cancel), set by its batcher or pool."""
 
 
 class RayExecutor:
@@ -59,18 +63,23 @@ class RayExecutor:
         self.monitor = monitor
         self.running: dict[str, Attempt] = {}
         self._remote = remote_for(app_cls)
-        self._by_task: dict[str, Any] = {}
         self._heartbeats: dict[str, tuple[Any, ...]] = {}
         self._feasible: dict[str, asyncio.Future[None]] = {}
         self._pools: dict[str, PoolDispatcher] = {}
+        self._slots: dict[str, float] = {}
+        self._batchers: dict[str, TaskBatcher] = {}
 
-    def _remote_for(self, spec: TaskSpec) -> Any:
-        remote = self._by_task.get(spec.name)
-        if remote is None:
+    def _batcher(self, spec: TaskSpec) -> TaskBatcher:
+        batcher = self._batchers.get(spec.name)
+        if batcher is None:
             opts = spec.options.ray_options()
-            remote = self._remote.options(**opts) if opts else self._remote
-            self._by_task[spec.name] = remote
-        return remote
+            lone, streamed = self._remote, batch_remote_for(self.app_cls)
+            if opts:
+                lone, streamed = lone.options(**opts), streamed.options(**opts)
+            batcher = self._batchers[spec.name] = TaskBatcher(
+                spec.name, lone, streamed, self._extra, self._slots.get(spec.name, 1.0),
+                asyncio.get_running_loop())
+        return batcher
 
     def _heartbeat_settings(self, spec: TaskSpec) -> tuple[Any, ...]:
         settings = self._heartbeats.get(spec.name)
@@ -100,14 +109,15 @@ class RayExecutor:
         details: dict[str, Any] | None,
         timeout: float,
     ) -> tuple[bytes, dict[str, Any]]:
-        checked = self._feasible.get(spec.name)
-        if checked is None:  # one check per task name, shared by every call waiting on it
-            checked = self._feasible[spec.name] = asyncio.ensure_future(
-                self._wait_until_feasible(spec))
-        if not checked.done():
-            await asyncio.shield(checked)
-        elif checked.exception() is not None:
-            raise checked.exception()  # type: ignore[misc]
+        if spec.name not in self._slots and not self._known_feasible(spec):
+            checked = self._feasible.get(spec.name)
+            if checked is None:  # one check per task name, shared by every call waiting on it
+                checked = self._feasible[spec.name] = asyncio.ensure_future(
+                    self._wait_until_feasible(spec))
+            if not checked.done():
+                await asyncio.shield(checked)
+            elif checked.exception() is not None:
+                raise checked.exception()  # type: ignore[misc]
         if self.admit is not None:
             self.admit()
         loop = asyncio.get_running_loop()
@@ -115,19 +125,11 @@ class RayExecutor:
         blob = pack_attempt(spec.name, payload, self._packed, info)
         if spec.options.pool is not None:
             return unpack_result(await self._on_pool(spec, key, number, blob, timeout))
-        ref = self._remote_for(spec).remote(blob, *self._extra)
-        result: asyncio.Future[bytes] = loop.create_future()
-        ref.future().add_done_callback(lambda cf: _call_soon(loop, result, cf))
-        attempt = Attempt(key, spec.name, number, ref, result, spec.options)
+        attempt = Attempt(key, spec.name, number, None, loop.create_future(), spec.options)
         self.running[key] = attempt
-        timer = loop.call_later(timeout, self.kill, key, TimeoutError())
-        try:
-            return unpack_result(await result)
-        except asyncio.CancelledError:
-            _cancel(ref)
-            raise
+        try:  # alone or in a batch (`_batch`), with its timeout and its kill switch
+            return unpack_result(await self._batcher(spec).run(attempt, blob, timeout))
         finally:
-            timer.cancel()
             if self.running.get(key) is attempt:
                 del self.running[key]
 
@@ -150,10 +152,22 @@ class RayExecutor:
                 del self.running[key]
 
     def close(self) -> None:
-        """The run is over: its pools may park their idle actors."""
+        """The run is over: its pools may park their idle actors; no batch outlives it."""
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+        for batcher in self._batchers.values():
+            batcher.close()
+        self._batchers.clear()
+
+    def _known_feasible(self, spec: TaskSpec) -> bool:
+        """Whether this process found the task's demand feasible on this cluster less than
+        `FEASIBLE_TTL` seconds ago (its slots are then taken from that check)."""
+        found = _feasible.get(_demand(spec, self.app_cls))
+        if found is None or time.monotonic() - found[1] > FEASIBLE_TTL:
+            return False
+        self._slots[spec.name] = found[0]
+        return True
 
     async def _wait_until_feasible(self, spec: TaskSpec) -> None:
         """Ray keeps a task no node can ever run pending forever: wait a bounded time for
@@ -163,8 +177,11 @@ class RayExecutor:
             os.environ.get("CONNECTOR_RUNTIME_UNSCHEDULABLE_WAIT", "120"))
         while True:
             nodes = await asyncio.to_thread(ray.nodes)
-            totals = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+            alive = [n for n in nodes if n.get("Alive")]
+            totals = [n.get("Resources", {}) for n in alive]
             if any(all(t.get(k, 0) >= v for k, v in wanted.items()) for t in totals):
+                slots = self._slots[spec.name] = slots_of(wanted, alive)
+                _feasible[_demand(spec, self.app_cls)] = (slots, time.monotonic())
                 return
             if time.monotonic() >= deadline:
                 have = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(t.items())
@@ -183,16 +200,24 @@ class RayExecutor:
             return
         if attempt.stop is not None:
             attempt.stop(error)
-            return
-        attempt.result.set_exception(error)
-        _cancel(attempt.ref)
 
     def cancel_all(self) -> None:
         for attempt in list(self.running.values()):
             if attempt.stop is not None:
                 attempt.stop(None)
-            else:
-                _cancel(attempt.ref)
+
+
+FEASIBLE_TTL = 60.0
+"""Seconds a feasibility check of a demand serves the runs after it in the same process: a
+run's attempts then dispatch without waiting for a `ray.nodes()` round trip."""
+
+_feasible: dict[tuple[Any, ...], tuple[float, float]] = {}
+"""(cluster, demand) -> (slots, when checked)."""
+
+
+def _demand(spec: TaskSpec, app_cls: type[App]) -> tuple[Any, ...]:
+    wanted = _requested(spec, app_cls._pools.get(spec.options.pool or ""))
+    return (ray.get_runtime_context().gcs_address, *sorted(wanted.items()))
 
 
 def _requested(spec: TaskSpec, pool: Pool | None = None) -> dict[str, float]:
@@ -204,25 +229,3 @@ def _requested(spec: TaskSpec, pool: Pool | None = None) -> dict[str, float]:
     return {k: v for k, v in wanted.items() if v > 0}
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, result: asyncio.Future[bytes], cf: Any) -> None:
-    try:
-        loop.call_soon_threadsafe(_settle_from, result, cf)
-    except RuntimeError:  # the loop closed: nobody waits for this attempt any more
-        pass
-
-
-def _settle_from(result: asyncio.Future[bytes], cf: Any) -> None:
-    if result.done():
-        return
-    exc = cf.exception()
-    if exc is not None:
-        result.set_exception(exc)
-    else:
-        result.set_result(cf.result())
-
-
-def _cancel(ref: Any) -> None:
-    try:
-        ray.cancel(ref, force=True)
-    except Exception:  # already finished or its worker already gone
-        pass

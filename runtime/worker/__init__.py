@@ -7,7 +7,15 @@ objects), `_timing` (what an attempt reports about itself: times, node, pid, fil
 `_pool_actor` (the warm executor actor of a `Pool`: batches of attempts).
 """
 
-from ._attempt import AttemptInfo, pack_attempt, remote_for, run_attempt
+from ._attempt import (
+    FAILED,
+    OK,
+    AttemptInfo,
+    batch_remote_for,
+    pack_attempt,
+    remote_for,
+    run_attempt,
+)
 from ._cleanup import cleanup_scratch, cleanup_transient, delete_run_scratch
 from ._files import (
     after_task,
@@ -17,7 +25,7 @@ from ._files import (
     objects_in,
     without_local_paths,
 )
-from ._pool_actor import FAILED, OK, PoolWorker, pool_actor_class
+from ._pool_actor import PoolWorker, pool_actor_class
 from ._timing import STAMP_ATTR, unpack_result
 
 __all__ = [
@@ -28,6 +36,7 @@ __all__ = [
     "PoolWorker",
     "after_task",
     "allowed_roots",
+    "batch_remote_for",
     "before_task",
     "cache_dir",
     "cleanup_scratch",

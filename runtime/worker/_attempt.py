@@ -34,7 +34,11 @@ from . import _files
 from ._taskruntime import WorkerTaskRuntime
 from ._timing import file_stats, pack_result, stamp_error
 
-__all__ = ["AttemptInfo", "pack_attempt", "remote_for", "run_attempt"]
+__all__ = ["FAILED", "OK", "AttemptInfo", "batch_remote_for", "pack_attempt", "remote_for",
+           "run_attempt"]
+
+OK, FAILED = 0, 1
+"""Codes of a batch's results: `(OK, result bytes)` or `(FAILED, portable exception)`."""
 
 
 # (call_key, attempt, heartbeat_details or None, monitor actor name or None, heartbeat settings)
@@ -43,6 +47,7 @@ AttemptInfo = tuple[str, int, dict[str, Any] | None, Any, tuple[Any, ...] | list
 _instances: dict[type[App], App] = {}
 _loop: asyncio.AbstractEventLoop | None = None
 _remotes: dict[type[App], Any] = {}
+_batch_remotes: dict[type[App], Any] = {}
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -157,4 +162,26 @@ def remote_for(app_cls: type[App]) -> Any:
         attempt.__name__ = attempt.__qualname__ = f"{app_cls.__name__}.task_attempt"
         remote = ray.remote(max_retries=0, retry_exceptions=False)(attempt)
         _remotes[app_cls] = remote
+    return remote
+
+
+def batch_remote_for(app_cls: type[App]) -> Any:
+    """The streaming Ray remote function that runs a batch of `app_cls`'s attempts one after
+    the other, yielding each result as it finishes (`runtime.dispatch._batch`; cached per
+    class). A failed attempt is a result, `(FAILED, error)`: the batch goes on."""
+    remote = _batch_remotes.get(app_cls)
+    if remote is None:
+
+        def attempts(blobs: list[bytes], run: RunContext | None = None) -> Any:
+            for blob in blobs:
+                try:
+                    result: tuple[int, Any] = (OK, run_attempt(app_cls, blob, run))
+                except Exception as exc:  # run_attempt made it portable already
+                    result = (FAILED, exc)
+                yield result
+
+        attempts.__name__ = attempts.__qualname__ = f"{app_cls.__name__}.task_attempts"
+        remote = ray.remote(max_retries=0, retry_exceptions=False,
+                            num_returns="streaming")(attempts)
+        _batch_remotes[app_cls] = remote
     return remote

@@ -37,11 +37,9 @@ import ray
 from application_sdk.app import App
 
 from .._runcontext import RunContext
-from ._attempt import portable_error, run_attempt
+from ._attempt import FAILED, OK, portable_error, run_attempt
 
-__all__ = ["FAILED", "OK", "PoolWorker", "pool_actor_class"]
-
-OK, FAILED = 0, 1
+__all__ = ["PoolWorker", "pool_actor_class"]
 
 
 class PoolWorker:

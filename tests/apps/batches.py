@@ -1,0 +1,83 @@
+"""Apps whose tasks run on the default path (Ray tasks), gathered wider than the cluster, so
+their attempts go in streaming batches (`runtime.dispatch._batch`).
+
+The tasks are those of `pools.py` (markers in the test's folder: `attempts`, `concurrency`,
+`pid`), and each output also names the Ray task that ran the attempt: attempts of one batch
+share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import ray
+
+from application_sdk.app import App, RetryPolicy, task
+from application_sdk.contracts import BoundedList, Output
+
+from .pools import Done, Many, Work, behave
+
+
+class RayDone(Done):
+    ray_task: str
+
+
+class Outcome(Output):
+    count: int
+    attempts: BoundedList[int] = []
+    ray_tasks: BoundedList[str] = []
+    cancelled: BoundedList[int] = []
+
+
+async def _gather(app: App, call, input: Many, cancel_at: int = -1,  # type: ignore[no-untyped-def]
+                  wait: float = 0.5) -> Outcome:
+    items = [Work(folder=input.folder, index=i, sleep=input.sleep, crash=i in input.crash_at,
+                  hang=i in input.hang_at, fail=i == input.fail_at) for i in range(input.n)]
+
+    calls = [asyncio.ensure_future(call(item)) for item in items]
+    if 0 <= cancel_at < len(calls):
+        await asyncio.sleep(wait)
+        calls[cancel_at].cancel()  # run() gives up on this one call
+    outs = [None if isinstance(o, asyncio.CancelledError) else o
+            for o in await asyncio.gather(*calls, return_exceptions=True)]
+    done = [o for o in outs if o is not None]
+    return Outcome(count=len(done), attempts=[o.attempt if o else 0 for o in outs],
+                   ray_tasks=[o.ray_task if o else "" for o in outs],
+                   cancelled=[i for i, o in enumerate(outs) if o is None])
+
+
+async def _work(app: App, input: Work) -> RayDone:
+    done = await behave(app, input)
+    return RayDone(**done.model_dump(), ray_task=ray.get_runtime_context().get_task_id())
+
+
+class BatchApp(App):
+    """Timeouts of 3 s, three attempts, PermissionError non-retryable (as `PoolApp`)."""
+
+    @task(timeout_seconds=3, heartbeat_timeout_seconds=30,
+          retry_policy=RetryPolicy(max_attempts=3, initial_interval=0.05,
+                                   non_retryable_errors=("PermissionError",)))
+    async def work(self, input: Work) -> RayDone:
+        return await _work(self, input)
+
+    async def run(self, input: Many) -> Outcome:
+        return await _gather(self, self.work, input)
+
+
+class LossBatchApp(App):
+    """One attempt allowed: only a retry that spends no budget (a lost worker, a silent
+    attempt) can succeed. Silent for 3 s: caught."""
+
+    @task(heartbeat_timeout_seconds=3, retry_policy=RetryPolicy(max_attempts=1))
+    async def work(self, input: Work) -> RayDone:
+        return await _work(self, input)
+
+    async def run(self, input: Many) -> Outcome:
+        return await _gather(self, self.work, input)
+
+
+class CancelBatchApp(LossBatchApp):
+    """run() starts every call, sleeps 0.5 s, then gives up on call 9 (cancels it)."""
+
+    async def run(self, input: Many) -> Outcome:
+        return await _gather(self, self.work, input, cancel_at=9)
