@@ -576,7 +576,7 @@ def delete_store_prefix(store: Store, prefix: str, allowed: Iterable[str]) -> in
         store.delete_prefix(key)
         log.warning("%s: removed the link, nothing it points at", exc)
         return 0
-    if keys or store.exists(key):
+    if keys or (not store.lists_everything and store.exists(key)):
         store.delete_prefix(key)
     return len(keys)
 

@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import _codec
 from ._errors import CorruptRecordError, InvalidRecordError, LeaseHeldError, LeaseLostError
@@ -110,6 +111,8 @@ class Lease:
         """Monotonic time until which this process may act on the lease without renewing."""
         self._key = runs.key("lease.msgpack")
         self._lock = threading.Lock()
+        self._token: Any = None
+        """Version of the lease object this process last wrote (release needs no read)."""
 
     @property
     def margin(self) -> float:
@@ -128,8 +131,19 @@ class Lease:
     def _record(self, epoch: int, expires_at: float) -> bytes:
         return LeaseInfo(self.owner, HOST, os.getpid(), epoch, expires_at).encode(self._key)
 
-    def acquire(self) -> int:
-        """Take the lease; returns the new epoch. Raises LeaseHeldError if a live driver has it."""
+    def acquire(self, absent: bool = False) -> int:
+        """Take the lease; returns the new epoch. Raises LeaseHeldError if a live driver has it.
+
+        `absent`: the caller found no run record, so there is likely no lease either: create
+        it (epoch 1) without reading first; if one is there after all, read it and go on."""
+        if absent:
+            sent = time.monotonic()
+            token = self.runs.store.replace_if(self._key, self._record(1, time.time() + self.ttl),
+                                               None)
+            if token:
+                self.epoch, self._token = 1, token
+                self.valid_until = sent + self.ttl - self.margin
+                return 1
         for _ in range(8):
             current = self.runs.store.read_versioned(self._key)
             token = None
@@ -149,8 +163,10 @@ class Lease:
                 )
             epoch = (previous.epoch if previous else 0) + 1
             sent = time.monotonic()
-            if self.runs.store.replace_if(self._key, self._record(epoch, now + self.ttl), token):
-                self.epoch = epoch
+            written = self.runs.store.replace_if(self._key, self._record(epoch, now + self.ttl),
+                                                 token)
+            if written:
+                self.epoch, self._token = epoch, written
                 self.valid_until = sent + self.ttl - self.margin
                 return epoch
         raise LeaseHeldError(f"run {self.runs.run_id}: lost the race for its lease, try again")
@@ -173,7 +189,9 @@ class Lease:
                 info = None
             if info and info.owner == self.owner and info.epoch == self.epoch:
                 record = self._record(self.epoch, time.time() + self.ttl)
-                if self.runs.store.replace_if(self._key, record, token):
+                written = self.runs.store.replace_if(self._key, record, token)
+                if written:
+                    self._token = written
                     self.valid_until = sent + self.ttl - self.margin
                     return
         self.lost = True
@@ -208,6 +226,15 @@ class Lease:
         )
 
     def release(self) -> None:
+        """Mark the lease free for the next driver. Conditional on the version this process
+        wrote last (one write); if the lease changed since, it is read and released only if
+        it is still this process's."""
+        if self._token is not None and not self.lost:
+            with self._lock:
+                released = LeaseInfo("", HOST, 0, self.epoch, 0.0).encode(self._key)
+                if self.runs.store.replace_if(self._key, released, self._token):
+                    self._token = None
+                    return
         current = self.runs.store.read_versioned(self._key)
         if current is None:
             return

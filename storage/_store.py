@@ -26,6 +26,7 @@ from `storage_options` or the environment, and messages show the URL without the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
@@ -104,6 +105,9 @@ class Store:
     """A store rooted at one fsspec URL."""
 
     protocol = "generic"
+    lists_everything = False
+    """Whether `list(prefix)` returns every object of the prefix, one at the prefix itself
+    included, so that an empty listing means nothing is there (else empty folders may be)."""
 
     def __init__(
         self, url: str, fs: fsspec.AbstractFileSystem, root: str,
@@ -662,12 +666,31 @@ def _retrying(method: Any) -> Any:
 
 
 class S3Store(Store):
-    protocol = "s3"
+    """Reads, existence checks and listings call S3 directly: one request each. Through
+    fsspec, a missing object cost a HEAD and a listing (is it a folder?), and an empty prefix
+    a listing, a HEAD and another listing: 23 requests made an empty run on moto, 14 now."""
 
-    read = _retrying(Store.read)
-    exists = _retrying(Store.exists)
+    protocol = "s3"
+    lists_everything = True
+
     write = _retrying(Store.write)
     delete_prefix = _retrying(Store.delete_prefix)
+
+    @_retrying
+    def read(self, key: str) -> bytes | None:
+        got = self._get(key)
+        return None if got is None else got[0]
+
+    @_retrying
+    def exists(self, key: str) -> bool:
+        """Whether an object is at `key` (a HEAD; a folder of objects is not one)."""
+        bucket, obj = self._bucket_key(key)
+        with _translated(self, key):
+            try:
+                self.fs.call_s3("head_object", Bucket=bucket, Key=obj)
+            except FileNotFoundError:
+                return False
+            return True
 
     def read_many(self, keys: list[str]) -> dict[str, bytes]:
         """Concurrent reads; a key whose read failed for a transient reason is read again on
@@ -675,20 +698,30 @@ class S3Store(Store):
         segment whose tasks run again)."""
         if not keys:
             return {}
-        wanted = set(keys)
+        from fsspec.asyn import sync
+
+        async def one(key: str) -> bytes | None:
+            bucket, obj = self._bucket_key(key)
+            async with limit:
+                try:  # one GET (fsspec's cat made a HEAD first)
+                    resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=obj)
+                except FileNotFoundError:
+                    return None
+                async with resp["Body"] as body:
+                    return bytes(await body.read())
+
+        async def every() -> list[Any]:
+            return await asyncio.gather(*(one(k) for k in keys), return_exceptions=True)
+
+        limit = asyncio.Semaphore(32)
         with _translated(self, keys[0]):
-            got = self.fs.cat([self.path(k) for k in keys], on_error="return")
+            got = sync(self.fs.loop, every)
         found: dict[str, bytes] = {}
-        for path, data in got.items():
-            key = self._key(path)
-            if key not in wanted:
-                continue
-            if isinstance(data, bytes):
+        for key, data in zip(keys, got, strict=True):
+            if isinstance(data, BaseException):
+                data = self.read(key)  # on its own, with the store's retries
+            if data is not None:
                 found[key] = data
-            elif not isinstance(data, FileNotFoundError):
-                again = self.read(key)
-                if again is not None:
-                    found[key] = again
         return found
 
     def _bucket_key(self, key: str) -> tuple[str, str]:
@@ -700,6 +733,9 @@ class S3Store(Store):
 
     @_retrying
     def read_versioned(self, key: str) -> tuple[bytes, Any] | None:
+        return self._get(key)
+
+    def _get(self, key: str) -> tuple[bytes, Any] | None:
         bucket, obj = self._bucket_key(key)
         with _translated(self, key):
             try:
@@ -740,8 +776,29 @@ class S3Store(Store):
 
     @_retrying
     def list(self, prefix: str) -> list[str]:
-        self.fs.invalidate_cache()
-        return super().list(prefix)
+        """Keys under `prefix` (and an object at `prefix` itself), sorted: ListObjectsV2 pages
+        of 1,000 keys."""
+        path = self.path(prefix.rstrip("/")) if prefix else self.root
+        bucket, _, base = path.lstrip("/").partition("/")
+        found: list[str] = []
+        token: str | None = None
+        with _translated(self, prefix):
+            while True:
+                kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": base}
+                if token:
+                    kwargs["ContinuationToken"] = token
+                try:
+                    resp = self.fs.call_s3("list_objects_v2", **kwargs)
+                except FileNotFoundError:  # no such bucket
+                    return []
+                for item in resp.get("Contents", ()):
+                    name = item["Key"]
+                    if not base or name == base or name.startswith(base + "/"):
+                        found.append(self._key(f"{bucket}/{name}"))
+                token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+                if not token:
+                    break
+        return sorted(found)
 
     @_retrying
     def list_dirs(self, prefix: str) -> list[str]:

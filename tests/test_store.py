@@ -101,6 +101,21 @@ def test_list_read_many_delete(store):
     assert store.list("l") == [] and store.read("other/x") == b"x"
 
 
+def test_a_listing_holds_its_prefix_and_below_never_a_sibling_and_every_page(store):
+    store.write("j/seg", b"in the folder")
+    store.write("jx/seg", b"sibling")  # shares the prefix's characters, not its folder
+    store.write("j2", b"sibling")
+    assert store.list("j") == ["j/seg"]
+    assert store.list("j/seg") == ["j/seg"]  # an object at the prefix: itself, as find does
+    keys = [f"big/{i:05d}" for i in range(1205)]  # more than one S3 page of 1,000
+    assert store.read_many([*keys[:1], "big/none"]) == {}
+    for key in keys:
+        store.write(key, key.encode())
+    assert store.list("big") == keys
+    got = store.read_many([*keys[::100], "big/none"])  # concurrent GETs on S3
+    assert got == {k: k.encode() for k in keys[::100]}
+
+
 @pytest.mark.parametrize("key", ["../escape", "/abs", "a/../../b", "a//b", "a/./b", ""])
 def test_keys_are_confined_to_the_root(store, key):
     with pytest.raises(StoreError, match="refused store key"):
@@ -162,6 +177,37 @@ def test_lease_single_owner_takeover_and_fencing(store):
     assert first.lost
     second.release()
     assert Lease(runs, ttl=30).acquire() == 3  # epochs only grow
+
+
+def test_a_lease_taken_as_absent_falls_back_when_one_is_there(store):
+    """acquire(absent=True) (the caller saw no run record) writes without reading first: a
+    live lease is still refused, an expired one taken over with the next epoch, and the
+    release that follows is one write that the next driver sees."""
+    runs = RunStore(store, "App", "run-5")
+    first = Lease(runs, ttl=30)
+    assert first.acquire(absent=True) == 1
+    with pytest.raises(LeaseHeldError):
+        Lease(runs, ttl=30).acquire(absent=True)
+    first.release()
+    assert runs.store.read(runs.key("lease.msgpack")) is not None
+    second = Lease(runs, ttl=30)
+    assert second.acquire(absent=True) == 2  # released: taken, the epoch grows
+    third = Lease(runs, ttl=30)
+    with pytest.raises(LeaseHeldError):
+        third.acquire()
+    # second "dies" (its lease expires) and a fourth driver takes the run over: second's
+    # late release is refused by its stale version and frees nothing of the fourth's
+    short = Lease(runs, ttl=0.01, owner=second.owner)
+    short.epoch = second.epoch
+    short.renew()
+    import time
+
+    time.sleep(0.05)
+    fourth = Lease(runs, ttl=30)
+    assert fourth.acquire() == 3
+    second.release()
+    with pytest.raises(LeaseHeldError):
+        Lease(runs, ttl=30).acquire()
 
 
 def test_two_drivers_racing_for_a_lease_one_wins(store):

@@ -124,7 +124,8 @@ async def run_app_async(
         _refuse_local_store_on_a_cluster(st)
         scheme = existing.key_scheme if existing is not None else KEY_SCHEME
         session = DriverSession(app_cls, ep, inp, input_digest(inp, scheme), scheme, runs,
-                                on_progress, origin=origin, secrets_dir=secrets)
+                                on_progress, origin=origin, secrets_dir=secrets,
+                                fresh=existing is None)
         try:
             return await session.execute(functools.partial(check_same_run, ep=ep, inp=inp))
         except Continued as cont:

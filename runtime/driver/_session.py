@@ -136,8 +136,11 @@ class DriverSession:
         on_progress: Callable[[dict[str, Any]], None] | None,
         origin: dict[str, Any] | None = None,
         secrets_dir: str | None = None,
+        fresh: bool = False,
     ) -> None:
         self.app_cls = app_cls
+        self.fresh = fresh
+        """The caller found no record of this run: its lease is created without a read."""
         self.origin = origin or {}
         """For a run this session creates: workflow_id, correlation_id, continued_from, chain."""
         self.secrets_dir = secrets_dir
@@ -165,7 +168,7 @@ class DriverSession:
 
     async def execute(self, check_same_run: Callable[[RunRecord | None], None]) -> Output:
         began = time.time()
-        await asyncio.to_thread(self.lease.acquire)
+        await asyncio.to_thread(self.lease.acquire, self.fresh)
         self.phases = SessionPhases(self.lease.epoch, began)
         keeper = _LeaseKeeper(self.lease)
         keeper.start()
