@@ -35,6 +35,7 @@ def test_a_fan_out_wider_than_the_cluster_runs_in_batches_each_attempt_once(
     assert runs_per_item(tmp_path) == {i: 1 for i in range(40)}
     tasks = collections.Counter(out.ray_tasks)
     assert len(tasks) < 40 / 4, tasks  # several attempts per Ray task
+    assert tasks[out.ray_tasks[0]] == tasks[out.ray_tasks[1]] == 1  # the first ones measure
     assert max(int(x) for x in read_lines(tmp_path / "concurrency")) <= 2
     assert failures(file_store, "BatchApp", "wide") == []
 
@@ -46,17 +47,30 @@ def test_a_fan_out_the_cluster_can_hold_sends_each_attempt_alone(ray_session, tm
     assert out.count == 2 and len(set(out.ray_tasks)) == 2
 
 
+def test_a_task_measured_slow_goes_one_attempt_per_ray_task(ray_session, tmp_path, file_store):
+    """6 calls of 0.6 s on 2 slots: the first two measure the task (0.6 s is past
+    BATCH_SECONDS), so none is batched and Ray balances them as before."""
+    out = run_app(b.BatchApp, {"folder": str(tmp_path), "n": 6, "sleep": 0.6, "slow_from": 0},
+                  run_id="slow", store=file_store)
+    assert out.count == 6 and len(set(out.ray_tasks)) == 6
+
+
+def batch_of(out, index: int) -> list[int]:
+    return [i for i, t in enumerate(out.ray_tasks) if t == out.ray_tasks[index]]
+
+
 def test_a_timeout_in_a_batch_stops_that_attempt_alone(ray_session, tmp_path, file_store):
-    """12 calls in 2 batches of 6; call 2 hangs past its 3 s timeout. Calls 0-1 finished
-    before it and are kept; calls 3-5 never started and run once, at attempt 1."""
+    """12 calls: 0 and 1 measure the task, 2-6 and 7-11 go in 2 batches; call 4 hangs past
+    its 3 s timeout. Calls 2-3 finished before it and are kept; calls 5-6 never started and
+    run once, at attempt 1."""
     started = time.monotonic()
-    out = run_app(b.BatchApp, {"folder": str(tmp_path), "n": 12, "hang_at": [2]},
+    out = run_app(b.BatchApp, {"folder": str(tmp_path), "n": 12, "hang_at": [4]},
                   run_id="hang", store=file_store)
     assert time.monotonic() - started < 30  # the hour-long sleep was cut at its timeout
     assert out.count == 12
-    assert out.attempts == [1, 1, 2] + [1] * 9
-    assert runs_per_item(tmp_path) == {i: 2 if i == 2 else 1 for i in range(12)}
-    assert out.ray_tasks[0] == out.ray_tasks[1]  # they did share a batch with the hung one
+    assert out.attempts == [1, 1, 1, 1, 2] + [1] * 7
+    assert runs_per_item(tmp_path) == {i: 2 if i == 4 else 1 for i in range(12)}
+    assert batch_of(out, 2) == [2, 3]  # they shared a batch with the hung one; 5-6 went again
     assert dead(int(read_lines(tmp_path / "pid")[0]))
     [failure] = failures(file_store, "BatchApp", "hang")
     assert failure["e"]["kind"] == "timeout" and failure["e"]["type"] == "TaskTimeoutError"
@@ -64,22 +78,24 @@ def test_a_timeout_in_a_batch_stops_that_attempt_alone(ray_session, tmp_path, fi
 
 def test_a_timeout_counts_from_the_attempts_own_start_not_its_batch(ray_session, tmp_path,
                                                                    file_store):
-    """10 calls of 0.8 s in 2 batches of 5 with a 3 s timeout: a batch takes 4 s, which
-    must not count against its last attempts."""
-    out = run_app(b.BatchApp, {"folder": str(tmp_path), "n": 10, "sleep": 0.8},
+    """Calls 0-1 take no time (the task is measured short), calls 2-11 0.8 s each in 2
+    batches of 5 with a 3 s timeout: a batch takes 4 s, which must not count against its
+    last attempts."""
+    out = run_app(b.BatchApp, {"folder": str(tmp_path), "n": 12, "sleep": 0.8},
                   run_id="queued", store=file_store)
-    assert out.attempts == [1] * 10 and len(set(out.ray_tasks)) == 2
+    assert out.attempts == [1] * 12
+    assert batch_of(out, 2) == [2, 3, 4, 5, 6] and batch_of(out, 7) == [7, 8, 9, 10, 11]
     assert failures(file_store, "BatchApp", "queued") == []
 
 
 def test_a_crash_in_a_batch_is_a_lost_worker_for_that_attempt_alone(ray_session, tmp_path,
                                                                     file_store):
-    """os._exit in call 2 (max_attempts=1: only a lost worker's retry is free): calls 3-5,
+    """os._exit in call 4 (max_attempts=1: only a lost worker's retry is free): calls 5-6,
     behind it in its batch, never started and run once, at attempt 1."""
-    out = run_app(b.LossBatchApp, {"folder": str(tmp_path), "n": 12, "crash_at": [2]},
+    out = run_app(b.LossBatchApp, {"folder": str(tmp_path), "n": 12, "crash_at": [4]},
                   run_id="crash", store=file_store)
-    assert out.count == 12 and out.attempts == [1, 1, 2] + [1] * 9
-    assert runs_per_item(tmp_path) == {i: 2 if i == 2 else 1 for i in range(12)}
+    assert out.count == 12 and out.attempts == [1, 1, 1, 1, 2] + [1] * 7
+    assert runs_per_item(tmp_path) == {i: 2 if i == 4 else 1 for i in range(12)}
     [failure] = failures(file_store, "LossBatchApp", "crash")
     assert failure["e"]["kind"] == "lost" and failure["e"]["type"] == "WorkerLostError"
 
@@ -87,10 +103,10 @@ def test_a_crash_in_a_batch_is_a_lost_worker_for_that_attempt_alone(ray_session,
 def test_a_frozen_worker_in_a_batch_is_caught_by_its_silence(ray_session, tmp_path,
                                                              file_store):
     job = Background(run_app, b.LossBatchApp, {"folder": str(tmp_path), "n": 12,
-                                               "hang_at": [2]},
+                                               "hang_at": [4]},
                      run_id="frozen", store=file_store)
     job.start()
-    pid = int(wait_for(lambda: read_lines(tmp_path / "pid"), 60, "call 2 to start")[0])
+    pid = int(wait_for(lambda: read_lines(tmp_path / "pid"), 60, "call 4 to start")[0])
     time.sleep(1.5)  # it has beaten
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -102,23 +118,23 @@ def test_a_frozen_worker_in_a_batch_is_caught_by_its_silence(ray_session, tmp_pa
             pass
     assert not job.is_alive() and job.error is None, job.error
     out = job.result
-    assert out.count == 12 and out.attempts == [1, 1, 2] + [1] * 9
-    assert runs_per_item(tmp_path) == {i: 2 if i == 2 else 1 for i in range(12)}
+    assert out.count == 12 and out.attempts == [1, 1, 1, 1, 2] + [1] * 7
+    assert runs_per_item(tmp_path) == {i: 2 if i == 4 else 1 for i in range(12)}
     [failure] = failures(file_store, "LossBatchApp", "frozen")
     assert failure["e"]["kind"] == "heartbeat"
 
 
 def test_a_cancelled_call_queued_in_a_batch_never_runs(ray_session, tmp_path, file_store):
-    """Calls of 0.3 s in 2 batches of 6; run() gives up on call 9 after 0.5 s, while an
-    earlier call of its batch runs. Call 9 never starts; the call running then is lost with
-    its batch and is attempted again (free: max_attempts=1); the rest run once."""
+    """Calls 2-11 of 0.3 s in 2 batches of 5; run() gives up on call 9 after 0.5 s, while
+    an earlier call of its batch runs. Call 9 never starts; the call running then is lost
+    with its batch and is attempted again (free: max_attempts=1); the rest run once."""
     out = run_app(b.CancelBatchApp, {"folder": str(tmp_path), "n": 12, "sleep": 0.3},
                   run_id="cancel", store=file_store)
     assert out.cancelled == [9] and out.count == 11
     ran = runs_per_item(tmp_path)
     assert 9 not in ran
     [again] = [i for i, a in enumerate(out.attempts) if a == 2]  # lost, retried alone
-    assert 6 <= again <= 11 and ran[again] in (1, 2)  # (its worker may not have started it)
+    assert 7 <= again <= 8 and ran[again] in (1, 2)  # (its worker may not have started it)
     assert all(ran[i] == 1 and out.attempts[i] == 1 for i in range(12) if i not in (again, 9))
     records = RunStore(open_store(file_store), "CancelBatchApp", "cancel").load_journal()
     kinds = {r["e"]["kind"] for r in records.records if r["y"] == "f"}
@@ -126,15 +142,16 @@ def test_a_cancelled_call_queued_in_a_batch_never_runs(ray_session, tmp_path, fi
 
 
 @pytest.mark.parametrize("n, slots, per_attempt, size", [
-    (2, 2, None, 1),       # the cluster holds them: alone
-    (3, 2, None, 2),       # 2 batches (a multiple of the slots)
-    (12, 2, None, 6),
-    (1000, 2, None, 16),   # FIRST_BATCH before the task is timed
-    (1000, 2, 0.001, 32),  # MAX_BATCH for a fast task
-    (1000, 2, 0.05, 2),    # BATCH_SECONDS of a slow one
-    (1000, 100, None, 10),  # 100 batches of 10, one per slot: not 63 of 16
-    (2000, 100, None, 10),  # 200 batches: two full waves of 100, not 125 (one and a tail)
-    (10, math.inf, None, 1),  # no resource limit (num_cpus=0)
+    (1000, 2, None, 1),       # not measured yet: alone (the first ones measure it)
+    (2, 2, 0.001, 1),         # the cluster holds them: alone
+    (3, 2, 0.001, 2),         # 2 batches (a multiple of the slots)
+    (12, 2, 0.005, 6),
+    (1000, 2, 0.001, 32),     # MAX_BATCH for a fast task
+    (1000, 2, 0.05, 2),       # BATCH_SECONDS of a slower one
+    (1000, 2, 0.2, 1),        # past BATCH_SECONDS: alone
+    (1000, 100, 0.001, 10),   # 100 batches of 10, one per slot: not 32 of 32
+    (4000, 100, 0.001, 20),   # 200 batches: two full waves of 100, not 125 (one and a tail)
+    (10, math.inf, 0.001, 1),  # no resource limit (num_cpus=0)
 ])
 def test_batch_sizes(n, slots, per_attempt, size):
     batcher = _batch.TaskBatcher("t", None, None, (), slots, None)  # type: ignore[arg-type]

@@ -8,12 +8,16 @@ Ray task per attempt would mostly wait in Ray's queue anyway, and pays a lease a
 each (about 0.4 ms on this machine, more than the no-op it runs). The waiting attempts are then
 cut into *batches*: each batch is one call of a streaming generator (`num_returns="streaming"`,
 `runtime.worker.batch_remote_for`) that runs the batch's attempts one after the other in its
-worker, with the task's resources, and yields each result as it finishes. The number of
-batches is a multiple of the slots (so uniform tasks finish in the same number of waves as one
-per Ray task), and a batch holds at most what the task's measured attempt time fits in
-`BATCH_SECONDS` (`FIRST_BATCH` before it has been timed, never more than `MAX_BATCH`). Attempts
-that fit the slots, a sequential run, an attempt whose arguments are large, and the next attempt
-of one that lost its worker go alone, as a plain Ray task, exactly as before.
+worker, with the task's resources, and yields each result as it finishes.
+
+Only tasks measured short are batched. Until a task has a result in this run, one attempt per
+slot goes alone (the cluster is full with them) and the rest wait for the first result, at most
+`PROBE_SECONDS`; then a batch holds what the measured attempt time fits in `BATCH_SECONDS` (at
+most `MAX_BATCH`), and a task of `BATCH_SECONDS` or more, or one not measured in time, goes one
+attempt per Ray task as before: long tasks keep Ray's balancing (and an autoscaler sees their
+demand one task each). The number of batches is a multiple of the slots, so uniform tasks finish
+in as many waves as one per Ray task. Attempts that fit the slots, a sequential run, an attempt
+whose arguments are large, and the next attempt of one that lost its worker go alone.
 
 Because results stream, the driver knows at every moment which attempt of a batch runs: the one
 after the last result it received (or the first). Every promise of a lone attempt holds, the
@@ -53,15 +57,16 @@ from ray import exceptions as rx
 
 from application_sdk.errors import WorkerLostError
 
-from ..worker import FAILED, OK
+from ..worker import FAILED, OK, STAMP_ATTR, unpack_result
 from ._failures import classify
 
-__all__ = ["BATCH_SECONDS", "FIRST_BATCH", "LONE_BYTES", "MAX_BATCH", "TaskBatcher", "slots_of"]
+__all__ = ["BATCH_SECONDS", "LONE_BYTES", "MAX_BATCH", "PROBE_SECONDS", "TaskBatcher", "slots_of"]
 
 MAX_BATCH = 32
 """Most attempts in one batch."""
-FIRST_BATCH = 16
-"""Most attempts in one batch before the task's attempt time is known."""
+PROBE_SECONDS = 5.0
+"""Longest wait for a task's first result (its measure) before the attempts waiting for it go
+one per Ray task."""
 BATCH_SECONDS = 0.1
 """A batch holds about this much of the task's measured attempt time."""
 LONE_BYTES = 256 * 1024
@@ -121,16 +126,16 @@ class TaskBatcher:
         self.isolate: set[str] = set()
         self.batches: set[_Batch] = set()
         self._scheduled = False
+        self._probing: asyncio.TimerHandle | None = None
+        """While the task's first attempts (one per slot) measure it: the rest wait, until a
+        result comes or `PROBE_SECONDS` pass."""
 
     async def run(self, attempt: Any, blob: bytes, timeout: float) -> bytes:
         """Queue one attempt; its result bytes (or its error) once a worker has run it."""
         item = _Item(attempt, blob, timeout)
         attempt.stop = lambda error: self.stop(item, error)
         self.queue.append(item)
-        if not self._scheduled:
-            self._scheduled = True
-            # on the next turn: every attempt a gather starts in this turn joins the queue
-            self.loop.call_soon(self._dispatch)
+        self._schedule()  # on the next turn: every attempt a gather starts now joins the queue
         try:
             return await attempt.result
         except asyncio.CancelledError:
@@ -138,6 +143,11 @@ class TaskBatcher:
             raise
 
     # -- dispatch --------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._dispatch)
 
     def _dispatch(self) -> None:
         self._scheduled = False
@@ -148,6 +158,15 @@ class TaskBatcher:
                 (batchable if len(item.blob) <= LONE_BYTES and
                  item.attempt.key not in self.isolate else alone).append(item)
         self.queue.clear()
+        if self.per_attempt is None and len(batchable) > self.slots:
+            # not measured yet: one attempt per slot goes now (the cluster is full with them),
+            # the rest wait for the first result to size their batches
+            probes = 0 if self._probing is not None else max(1, int(self.slots))
+            alone += batchable[:probes]
+            self.queue.extend(batchable[probes:])
+            if self._probing is None:
+                self._probing = self.loop.call_later(PROBE_SECONDS, self._probed_too_long)
+            batchable = []
         size = self._batch_size(len(batchable))
         if size <= 1:
             alone, batchable = alone + batchable, []
@@ -156,11 +175,17 @@ class TaskBatcher:
         for start in range(0, len(batchable), size):
             self._send(batchable[start:start + size])
 
+    def _probed_too_long(self) -> None:
+        """No first result within PROBE_SECONDS: a slow task (or a slow start), sent as one
+        Ray task per attempt; its results may still measure it short for later calls."""
+        if self.per_attempt is None:
+            self.per_attempt = PROBE_SECONDS
+        self._schedule()
+
     def _batch_size(self, n: int) -> int:
-        if n <= self.slots:
+        if n <= self.slots or self.per_attempt is None:
             return 1
-        cap = FIRST_BATCH if self.per_attempt is None else \
-            max(1, min(MAX_BATCH, int(BATCH_SECONDS / max(self.per_attempt, 1e-6))))
+        cap = max(1, min(MAX_BATCH, int(BATCH_SECONDS / max(self.per_attempt, 1e-6))))
         slots = max(1, int(self.slots))
         batches = slots * math.ceil(math.ceil(n / cap) / slots)
         return math.ceil(n / batches)
@@ -198,9 +223,11 @@ class TaskBatcher:
         if exc is not None:
             if _lost(exc):
                 self.isolate.add(item.attempt.key)
+            else:  # an attempt that failed took its time too
+                self._measure(_ran(exc), batch)
             _settle(item, error=exc)
         else:
-            self._measure(time.monotonic() - batch.started)
+            self._measure(_ran(cf.result()), batch)
             _settle(item, value=cf.result())
 
     async def _consume(self, batch: _Batch) -> None:
@@ -212,7 +239,7 @@ class TaskBatcher:
                     code, value = await ref
                 if batch.over:
                     return
-                self._measure(time.monotonic() - batch.started)
+                self._measure(_ran(value), batch)
                 item = batch.items[batch.current]
                 if batch.mine(item):
                     _settle(item, value=value) if code == OK else \
@@ -240,9 +267,19 @@ class TaskBatcher:
             _settle(running, error=exc)
         self._requeue(batch, batch.current + 1)
 
-    def _measure(self, took: float) -> None:
-        self.per_attempt = took if self.per_attempt is None else \
-            0.7 * self.per_attempt + 0.3 * took
+    def _measure(self, took: float | None, batch: _Batch) -> None:
+        """Learn the task's attempt time: the worker's own (its start to its end), else what
+        the driver saw (which counts a worker's start-up too)."""
+        if took is None:
+            took = time.monotonic() - batch.started
+        if self.per_attempt is None:
+            self.per_attempt = took
+            if self._probing is not None:
+                self._probing.cancel()
+            if self.queue:  # what waited for the first result goes now
+                self._schedule()
+        else:
+            self.per_attempt = 0.7 * self.per_attempt + 0.3 * took
 
     def _end(self, batch: _Batch) -> None:
         if batch.timer is not None:
@@ -258,9 +295,7 @@ class TaskBatcher:
         if not again:
             return
         self.queue.extendleft(reversed(again))
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon(self._dispatch)
+        self._schedule()
 
     # -- stops -----------------------------------------------------------------------------
 
@@ -291,6 +326,8 @@ class TaskBatcher:
     def close(self) -> None:
         """The run is over: nothing queued is sent, every batch still running is cancelled."""
         self.queue.clear()
+        if self._probing is not None:
+            self._probing.cancel()
         for batch in list(self.batches):
             batch.over = True
             self._end(batch)
@@ -306,6 +343,20 @@ def slots_of(wanted: dict[str, float], nodes: list[dict[str, Any]]) -> float:
         have = node.get("Resources", {})
         total += min(int(have.get(k, 0) // v) for k, v in wanted.items())
     return float(total)
+
+
+def _ran(result: Any) -> float | None:
+    """Seconds the attempt ran on its worker, from its stamp (a result blob, or the error it
+    failed with), or None when it carries none."""
+    try:
+        if isinstance(result, bytes):
+            stamp = unpack_result(result)[1]
+        else:
+            stamp = getattr(result, STAMP_ATTR, None) or \
+                getattr(getattr(result, "cause", None), STAMP_ATTR, None)
+        return max(0.0, float(stamp["e"]) - float(stamp["s"]))
+    except Exception:  # no stamp, or not one the worker made
+        return None
 
 
 def _lost(exc: BaseException) -> bool:

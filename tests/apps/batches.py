@@ -22,6 +22,12 @@ class RayDone(Done):
     ray_task: str
 
 
+class Wide(Many):
+    slow_from: int = 2
+    """Calls before this index take no time (the task's first results measure it short, so
+    the rest go in batches), the rest sleep `sleep`."""
+
+
 class Outcome(Output):
     count: int
     attempts: BoundedList[int] = []
@@ -29,10 +35,11 @@ class Outcome(Output):
     cancelled: BoundedList[int] = []
 
 
-async def _gather(app: App, call, input: Many, cancel_at: int = -1,  # type: ignore[no-untyped-def]
+async def _gather(app: App, call, input: Wide, cancel_at: int = -1,  # type: ignore[no-untyped-def]
                   wait: float = 0.5) -> Outcome:
-    items = [Work(folder=input.folder, index=i, sleep=input.sleep, crash=i in input.crash_at,
-                  hang=i in input.hang_at, fail=i == input.fail_at) for i in range(input.n)]
+    items = [Work(folder=input.folder, index=i, sleep=input.sleep if i >= input.slow_from else 0,
+                  crash=i in input.crash_at, hang=i in input.hang_at, fail=i == input.fail_at)
+             for i in range(input.n)]
 
     calls = [asyncio.ensure_future(call(item)) for item in items]
     if 0 <= cancel_at < len(calls):
@@ -60,7 +67,7 @@ class BatchApp(App):
     async def work(self, input: Work) -> RayDone:
         return await _work(self, input)
 
-    async def run(self, input: Many) -> Outcome:
+    async def run(self, input: Wide) -> Outcome:
         return await _gather(self, self.work, input)
 
 
@@ -72,12 +79,12 @@ class LossBatchApp(App):
     async def work(self, input: Work) -> RayDone:
         return await _work(self, input)
 
-    async def run(self, input: Many) -> Outcome:
+    async def run(self, input: Wide) -> Outcome:
         return await _gather(self, self.work, input)
 
 
 class CancelBatchApp(LossBatchApp):
     """run() starts every call, sleeps 0.5 s, then gives up on call 9 (cancels it)."""
 
-    async def run(self, input: Many) -> Outcome:
+    async def run(self, input: Wide) -> Outcome:
         return await _gather(self, self.work, input, cancel_at=9)
