@@ -23,10 +23,13 @@ Because results stream, the driver knows at every moment which attempt of a batc
 after the last result it received (or the first). Every promise of a lone attempt holds, the
 same way:
 
-- **Timeout.** The running attempt has a timer from its own start (the previous result's
-  arrival). Past it the batch's Ray task is cancelled with force (its worker is killed), the
-  attempt fails with a timeout, and the batch's attempts that never started are queued again,
-  unchanged (they were never executions).
+- **Timeout.** The running attempt has a timer from its own start: the previous result's
+  arrival, or for the first one the batch's first item, which says it left Ray's queue (a
+  batch waiting there for a slot spends no attempt's timeout, as a pool attempt waiting for an
+  actor; a lone attempt's timer counts from its dispatch, as before). Past it the batch's Ray
+  task is cancelled with force (its worker is killed), the attempt fails with a timeout, and
+  the batch's attempts that never started are queued again, unchanged (they were never
+  executions).
 - **Heartbeats.** Attempts beat from the batch's worker as from any Ray task; only the running
   one can have beaten, and a silent one is stopped as a timeout is.
 - **Worker or node loss.** The running attempt gets the error Ray reports (retried as a lost
@@ -57,7 +60,7 @@ from ray import exceptions as rx
 
 from application_sdk.errors import WorkerLostError
 
-from ..worker import FAILED, OK, STAMP_ATTR, unpack_result
+from ..worker import FAILED, OK, STAMP_ATTR, STARTED, unpack_result
 from ._failures import classify
 
 __all__ = ["BATCH_SECONDS", "LONE_BYTES", "MAX_BATCH", "PROBE_SECONDS", "TaskBatcher", "slots_of"]
@@ -158,7 +161,8 @@ class TaskBatcher:
                 (batchable if len(item.blob) <= LONE_BYTES and
                  item.attempt.key not in self.isolate else alone).append(item)
         self.queue.clear()
-        if self.per_attempt is None and len(batchable) > self.slots:
+        if self.per_attempt is None and (self._probing is not None or
+                                         len(batchable) > self.slots):
             # not measured yet: one attempt per slot goes now (the cluster is full with them),
             # the rest wait for the first result to size their batches
             probes = 0 if self._probing is not None else max(1, int(self.slots))
@@ -203,6 +207,7 @@ class TaskBatcher:
         else:
             batch.ref = self.streamed.remote([i.blob for i in items], *self._extra)
             self.loop.create_task(self._consume(batch))
+            return  # its first attempt's timer starts when the batch says it started
         self._arm(batch)
 
     def _arm(self, batch: _Batch) -> None:
@@ -239,6 +244,9 @@ class TaskBatcher:
                     code, value = await ref
                 if batch.over:
                     return
+                if code == STARTED:  # the batch left Ray's queue: its first attempt starts
+                    self._arm(batch)
+                    continue
                 self._measure(_ran(value), batch)
                 item = batch.items[batch.current]
                 if batch.mine(item):

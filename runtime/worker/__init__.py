@@ -10,6 +10,7 @@ objects), `_timing` (what an attempt reports about itself: times, node, pid, fil
 from ._attempt import (
     FAILED,
     OK,
+    STARTED,
     AttemptInfo,
     batch_remote_for,
     pack_attempt,
@@ -32,6 +33,7 @@ __all__ = [
     "FAILED",
     "OK",
     "STAMP_ATTR",
+    "STARTED",
     "AttemptInfo",
     "PoolWorker",
     "after_task",

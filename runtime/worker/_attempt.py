@@ -34,11 +34,12 @@ from . import _files
 from ._taskruntime import WorkerTaskRuntime
 from ._timing import file_stats, pack_result, stamp_error
 
-__all__ = ["FAILED", "OK", "AttemptInfo", "batch_remote_for", "pack_attempt", "remote_for",
-           "run_attempt"]
+__all__ = ["FAILED", "OK", "STARTED", "AttemptInfo", "batch_remote_for", "pack_attempt",
+           "remote_for", "run_attempt"]
 
-OK, FAILED = 0, 1
-"""Codes of a batch's results: `(OK, result bytes)` or `(FAILED, portable exception)`."""
+OK, FAILED, STARTED = 0, 1, 2
+"""Codes of a batch's items: `(OK, result bytes)`, `(FAILED, portable exception)`, and
+`(STARTED, None)` first, when the batch's worker begins (the driver's timers count from it)."""
 
 
 # (call_key, attempt, heartbeat_details or None, monitor actor name or None, heartbeat settings)
@@ -173,6 +174,7 @@ def batch_remote_for(app_cls: type[App]) -> Any:
     if remote is None:
 
         def attempts(blobs: list[bytes], run: RunContext | None = None) -> Any:
+            yield STARTED, None
             for blob in blobs:
                 try:
                     result: tuple[int, Any] = (OK, run_attempt(app_cls, blob, run))

@@ -13,7 +13,7 @@ import asyncio
 import ray
 
 from application_sdk.app import App, RetryPolicy, task
-from application_sdk.contracts import BoundedList, Output
+from application_sdk.contracts import BoundedList, Input, Output
 
 from .pools import Done, Many, Work, behave
 
@@ -88,3 +88,29 @@ class CancelBatchApp(LossBatchApp):
 
     async def run(self, input: Wide) -> Outcome:
         return await _gather(self, self.work, input, cancel_at=9)
+
+
+class Seconds(Input):
+    seconds: float
+
+
+class Slept(Output):
+    seconds: float
+
+
+class BlockedBatchApp(BatchApp):
+    """One slot of two is held by another task (4 s) while the calls' batches wait for it."""
+
+    @task(timeout_seconds=60)
+    async def block(self, input: Seconds) -> Slept:
+        import time
+
+        time.sleep(input.seconds)
+        return Slept(seconds=input.seconds)
+
+    async def run(self, input: Wide) -> Outcome:
+        blocker = asyncio.ensure_future(self.block(Seconds(seconds=4.0)))
+        await asyncio.sleep(0.3)  # it holds its slot before the calls come
+        out = await _gather(self, self.work, input)
+        await blocker
+        return out
