@@ -113,6 +113,8 @@ class Lease:
         self._lock = threading.Lock()
         self._token: Any = None
         """Version of the lease object this process last wrote (release needs no read)."""
+        self.created = False
+        """The lease object did not exist: no driver ever held this run before this one."""
 
     @property
     def margin(self) -> float:
@@ -141,7 +143,7 @@ class Lease:
             token = self.runs.store.replace_if(self._key, self._record(1, time.time() + self.ttl),
                                                None)
             if token:
-                self.epoch, self._token = 1, token
+                self.epoch, self._token, self.created = 1, token, True
                 self.valid_until = sent + self.ttl - self.margin
                 return 1
         for _ in range(8):

@@ -14,7 +14,7 @@ from application_sdk.errors import (
     WorkerLostError,
 )
 from runtime import RunConflictError, run_app
-from storage import RunStatus, RunStore, open_store
+from storage import LeaseLostError, RunStatus, RunStore, open_store
 
 from .apps import behaviours as b
 from .apps.counting import BatchInput, CountingApp
@@ -55,6 +55,27 @@ def test_different_input_for_existing_run_id_is_refused(ray_session, file_store,
     run_app(CountingApp, inp, run_id="same", store=file_store)
     with pytest.raises(RunConflictError, match="different input"):
         run_app(CountingApp, {**inp, "n": 3}, run_id="same", store=file_store)
+
+
+def test_a_record_written_by_a_tool_after_the_first_read_is_never_overwritten(
+        ray_session, file_store, tmp_path, monkeypatch):
+    """A new run (no record, no lease) skips reading its record again once it holds the
+    lease: no driver can have written it. A tool that wrote one meanwhile (here: the first
+    read is made to miss it) is not overwritten: the driver stops with a clear error and
+    runs nothing."""
+    count = tmp_path / "count"
+    tool = RunStore(open_store(file_store), "CountingApp", "racy")
+    run_app(CountingApp, {"count_file": str(count), "n": 2}, run_id="other", store=file_store)
+    record = RunStore(open_store(file_store), "CountingApp", "other").read_run()
+    record.run_id, record.input = "racy", {"count_file": "elsewhere", "n": 9}
+    tool.write_run(record)
+    before = tool.store.read(tool.key("run.msgpack"))
+    monkeypatch.setattr(RunStore, "read_run", lambda self: None)
+    with pytest.raises(LeaseLostError, match="record was changed by another driver"):
+        run_app(CountingApp, {"count_file": str(count), "n": 3}, run_id="racy",
+                store=file_store)
+    assert tool.store.read(tool.key("run.msgpack")) == before
+    assert len(lines(count)) == 2  # only the other run's tasks ever ran
 
 
 def test_failed_run_resumes_without_redoing_completed_tasks(ray_session, file_store, tmp_path):

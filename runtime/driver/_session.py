@@ -180,7 +180,11 @@ class DriverSession:
 
     async def _claimed(self, check_same_run: Callable[[RunRecord | None], None]) -> Output:
         runs = self.runs
-        found = await asyncio.to_thread(runs.read_run_versioned)
+        # A run with no record whose lease this driver created: no driver ever wrote its
+        # record (drivers write it only under the lease), so there is nothing to read. If a
+        # tool wrote one meanwhile, the conditional write of the running record says so.
+        found = None if self.fresh and self.lease.created else \
+            await asyncio.to_thread(runs.read_run_versioned)
         record, self._token = found if found is not None else (None, None)
         check_same_run(record)
         if record is not None and record.status is RunStatus.COMPLETED:
