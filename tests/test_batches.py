@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import collections
 import math
-import os
-import signal
 import time
 
 import pytest
@@ -19,7 +17,7 @@ from runtime.dispatch import _batch
 from storage import RunStore, open_store
 
 from .apps import batches as b
-from .test_liveness import Background, read_lines, wait_for
+from .test_liveness import Background, freeze_until_done, read_lines, wait_for
 from .test_pools import attempts, dead, failures
 
 
@@ -120,14 +118,7 @@ def test_a_frozen_worker_in_a_batch_is_caught_by_its_silence(ray_session, tmp_pa
     job.start()
     pid = int(wait_for(lambda: read_lines(tmp_path / "pid"), 60, "call 4 to start")[0])
     time.sleep(1.5)  # it has beaten
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        job.join(timeout=90)
-    finally:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+    freeze_until_done(job, pid, 90)
     assert not job.is_alive() and job.error is None, job.error
     out = job.result
     assert out.count == 12 and out.attempts == [1, 1, 1, 1, 2] + [1] * 7

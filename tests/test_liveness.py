@@ -49,21 +49,28 @@ class Background(threading.Thread):
             self.error = exc
 
 
+def freeze_until_done(job: Background, pid: int, timeout: float) -> float:
+    """SIGSTOP `pid`, wait up to `timeout` for `job` to end, SIGCONT it whatever happened;
+    returns when it was frozen (time.monotonic)."""
+    os.kill(pid, signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        job.join(timeout=timeout)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    return frozen_at
+
+
 def test_frozen_worker_is_detected_by_heartbeat_and_retried(ray_session, tmp_path, file_store):
     job = Background(run_app, FreezableApp, {"folder": str(tmp_path)}, run_id="frozen",
                      store=file_store)
     job.start()
     pid = int(wait_for(lambda: read_lines(tmp_path / "pid"), 60, "the task to start")[0])
     time.sleep(2.0)  # it has beaten by now (first beat after 1 s)
-    os.kill(pid, signal.SIGSTOP)
-    frozen_at = time.monotonic()
-    try:
-        job.join(timeout=60)
-    finally:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+    frozen_at = freeze_until_done(job, pid, 60)
     assert not job.is_alive() and job.error is None, job.error
     assert job.result.attempt == 2
     assert time.monotonic() - frozen_at < 20  # 3 s heartbeat timeout, not the 3600 s sleep

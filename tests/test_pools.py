@@ -32,7 +32,7 @@ from runtime import run_app, run_app_async
 from storage import RunStatus, RunStore, open_store
 
 from .apps import pools as p
-from .test_liveness import Background, read_lines, wait_for
+from .test_liveness import Background, freeze_until_done, read_lines, wait_for
 
 
 def failures(store: str, app: str, run_id: str) -> list[dict]:
@@ -229,15 +229,7 @@ def test_a_frozen_actor_is_caught_by_its_silence_and_replaced(ray_session, tmp_p
     job.start()
     pid = int(wait_for(lambda: read_lines(tmp_path / "pid"), 60, "the task to start")[0])
     time.sleep(2.0)  # it has beaten by now (first beat after 1 s)
-    os.kill(pid, signal.SIGSTOP)
-    frozen_at = time.monotonic()
-    try:
-        job.join(timeout=60)
-    finally:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+    frozen_at = freeze_until_done(job, pid, 60)
     assert not job.is_alive() and job.error is None, job.error
     assert job.result.attempts == [2] and job.result.pids[0] != pid
     assert time.monotonic() - frozen_at < 25  # 3 s of silence, a drain, the kill

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -156,6 +157,14 @@ def test_run_records_round_trip_and_listing(store):
     assert [r.app for r in find_runs(store, "run-2")] == ["App"]
 
 
+def expire(lease: Lease) -> None:
+    """`lease`'s driver "dies": its lease is renewed to expire at once, as if it stopped."""
+    short = Lease(lease.runs, ttl=0.01, owner=lease.owner)
+    short.epoch = lease.epoch
+    short.renew()
+    time.sleep(0.05)
+
+
 def test_lease_single_owner_takeover_and_fencing(store):
     runs = RunStore(store, "App", "run-3")
     first = Lease(runs, ttl=30)
@@ -164,12 +173,7 @@ def test_lease_single_owner_takeover_and_fencing(store):
         Lease(runs, ttl=30).acquire()
     assert first.owner in str(info.value)
     # the first driver "dies": its lease expires; a new driver takes over with a new epoch
-    short = Lease(runs, ttl=0.01, owner=first.owner)
-    short.epoch = first.epoch
-    short.renew()
-    import time
-
-    time.sleep(0.05)
+    expire(first)
     second = Lease(runs, ttl=30)
     assert second.acquire() == 2
     with pytest.raises(LeaseLostError):
@@ -197,12 +201,7 @@ def test_a_lease_taken_as_absent_falls_back_when_one_is_there(store):
         third.acquire()
     # second "dies" (its lease expires) and a fourth driver takes the run over: second's
     # late release is refused by its stale version and frees nothing of the fourth's
-    short = Lease(runs, ttl=0.01, owner=second.owner)
-    short.epoch = second.epoch
-    short.renew()
-    import time
-
-    time.sleep(0.05)
+    expire(second)
     fourth = Lease(runs, ttl=30)
     assert fourth.acquire() == 3
     second.release()

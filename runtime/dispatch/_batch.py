@@ -62,6 +62,7 @@ from application_sdk.errors import WorkerLostError
 
 from ..worker import FAILED, OK, STAMP_ATTR, STARTED, unpack_result
 from ._failures import classify
+from ._pool import _call_soon, _settle
 
 __all__ = ["BATCH_SECONDS", "LONE_BYTES", "MAX_BATCH", "PROBE_SECONDS", "TaskBatcher", "slots_of"]
 
@@ -369,26 +370,6 @@ def _ran(result: Any) -> float | None:
 
 def _lost(exc: BaseException) -> bool:
     return classify(exc).kind.lost
-
-
-def _settle(item: _Item, value: Any = None, error: BaseException | None = None) -> None:
-    future = item.attempt.result
-    item.batch = None
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    elif not item.cancelled:
-        future.set_result(value)
-    else:
-        future.cancel()
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # the loop closed: nobody waits for this attempt any more
-        pass
 
 
 def _cancel(ref: Any) -> None:
