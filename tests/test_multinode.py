@@ -77,10 +77,11 @@ def test_removing_the_node_of_a_running_pool_attempt(s3_url, tmp_path, tasks):
 
 def test_a_pool_actor_on_a_node_that_freezes_is_caught_by_heartbeats(s3_url, tmp_path):
     """The pool's actor on the frozen node goes silent: its attempt is lost (one attempt
-    allowed, so not a spent retry) and runs again on a node that did not freeze. Spreading
-    is Ray's best effort: in 3 of 6 runs the retry was lost once more (77-82 s instead of
-    30 s): it went to an actor on the frozen node too, silent before its first beat, which died
-    (ActorDiedError) when Ray declared the node dead, 66 s after the freeze."""
+    allowed, so not a spent retry) and runs again on a node that did not freeze, once: not on
+    an idle sibling on the frozen node, which Ray still thinks alive. Before the pool made a
+    silent actor's node suspect, the retry went to such a sibling in 3 of 6 runs, was lost
+    once more when Ray declared the node dead 66 s after the freeze, and the run took 77-82 s
+    instead of 30 s."""
     proc = subprocess.run(
         [sys.executable, "-m", "tests.scenarios.node_loss", s3_url, str(tmp_path),
          "--nodes", "2", "--tasks", "1", "--freeze", "--pool"],
@@ -91,8 +92,9 @@ def test_a_pool_actor_on_a_node_that_freezes_is_caught_by_heartbeats(s3_url, tmp
     assert line, proc.stderr[-3000:]
     report = json.loads(line[len("RESULT "):])
     assert "error" not in report, report["error"]
+    assert report["pool_actors_on_frozen"] == 2  # the silent actor and its idle sibling
     assert report["output"]["parts"] == 1
-    kinds = [f["kind"] for f in report["failures"]]
-    assert kinds[0] == "heartbeat" and set(kinds) <= {"heartbeat", "lost"}, kinds
+    assert [f["kind"] for f in report["failures"]] == ["heartbeat"], report
     assert report["removed"] not in report["task_nodes"]
+    assert report["seconds_after_the_cut"] < 50, report  # not Ray's node death, 66 s after
 

@@ -27,6 +27,11 @@ Every promise of a Ray-task attempt holds on a pool; how:
   batch reports at its end), which is what at-least-once allows; their next attempts go in
   batches of one, so a task that keeps killing its actor is found out without taking its
   batch-mates' losses with it.
+- **A frozen node.** Ray thinks a frozen node alive until its health checks fail (about a
+  minute by default). An actor that does not answer makes its node suspect: the idle actors
+  there get work again only once they answer a ping (else they are replaced), and new actors
+  go to other nodes while another can take them (a label selector on the node id, falling
+  back to any node), so the retry of the silent attempt does not wait on the same node.
 - **Cancellation.** A cancelled attempt still queued is dropped; one in a batch is stopped as
   a timeout is (its unfinished batch-mates are queued again).
 - **Concurrency.** An actor runs one attempt at a time; a replacement takes work only once
@@ -93,6 +98,9 @@ DRAIN_TIMEOUT = 2.0
 DEATH_WAIT = 5.0
 """Longest wait for a killed actor's end before its replacement takes work."""
 START_TRIES = 3
+SUSPECT_SECONDS = 120.0
+"""How long new actors avoid a node where an actor stopped answering (a frozen node stays
+alive to Ray until its health checks fail: about a minute by default)."""
 
 
 @dataclass(eq=False)
@@ -126,6 +134,8 @@ class _Slot:
     batch: _Batch | None = None
     retiring: bool = False
     """Its last batch is out (max_attempts_per_actor): killed when the batch returns."""
+    node: str | None = None
+    """Id of the node it runs on (learnt when it answers its first call)."""
 
 
 @dataclass(eq=False)
@@ -167,6 +177,9 @@ class PoolDispatcher:
         self._ids = itertools.count(1)
         self._scheduled = False
         self._start_failures = 0
+        self._suspect: dict[str, float] = {}
+        """Nodes where an actor stopped answering (node id -> when): new actors avoid them for
+        SUSPECT_SECONDS, and the idle actors there answer a ping before they get work."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._adopt(_take_parked(app_cls, name))
 
@@ -368,7 +381,7 @@ class PoolDispatcher:
         if batch.finished:
             return  # its reply came first and settled everything
         if answer is None:
-            self._kill(batch, "its actor did not answer")
+            self._kill(batch, "its actor did not answer", unresponsive=True)
             return
         state, done = answer
         if state != "running":
@@ -388,9 +401,12 @@ class PoolDispatcher:
             else:
                 batch.drained_at = current  # it finishes; nothing after it starts
 
-    def _kill(self, batch: _Batch, why: str) -> None:
-        """Kill the batch's actor; every attempt of the batch still open is settled now."""
+    def _kill(self, batch: _Batch, why: str, unresponsive: bool = False) -> None:
+        """Kill the batch's actor; every attempt of the batch still open is settled now. An
+        actor that did not answer makes its node suspect (`_suspected`)."""
         slot = batch.slot
+        if unresponsive:
+            self._suspected(slot.node)
         if batch.timer is not None:
             batch.timer.cancel()
         culprit = next((i.index for i in batch.items if batch.mine(i) and i.error is not None),
@@ -414,6 +430,27 @@ class PoolDispatcher:
         self.loop.call_later(DEATH_WAIT, self._gone, slot)
         self._wake()
 
+    def _suspected(self, node: str | None) -> None:
+        """An actor on `node` did not answer: the node may be frozen (Ray still thinks it alive
+        until its health checks fail). Its idle siblings there get work again only once they
+        answer a ping (else they are replaced), and new actors go to other nodes while any
+        other will do: an attempt retried on a frozen node's actor would wait for Ray to declare
+        the node dead."""
+        if node is None:
+            return
+        self._suspect[node] = time.monotonic()
+        for slot in self.slots:
+            if slot.node == node and slot.ready and slot.batch is None:
+                slot.ready = False
+                self._spawn(self._ping(slot))
+
+    def _avoided(self) -> list[str]:
+        now = time.monotonic()
+        for node, since in list(self._suspect.items()):
+            if now - since > SUSPECT_SECONDS:
+                del self._suspect[node]
+        return sorted(self._suspect)
+
     # -- actors ------------------------------------------------------------------------------
 
     def _grow(self) -> None:
@@ -422,9 +459,7 @@ class PoolDispatcher:
             return
         for _ in range(self.pool.size - len(self.slots)):
             # spread over the nodes: a node lost takes as few of the pool's actors as it can
-            actor = pool_actor_class().options(
-                scheduling_strategy="SPREAD", **self.pool.ray_options()).remote(
-                self.app_cls, self.name)
+            actor = _new_actor(self.pool, self._avoided()).remote(self.app_cls, self.name)
             slot = _Slot(actor)
             self.slots.append(slot)
             self._spawn(self._until_ready(slot))
@@ -438,7 +473,7 @@ class PoolDispatcher:
 
     async def _until_ready(self, slot: _Slot) -> None:
         try:
-            await asyncio.wrap_future(slot.actor.__ray_ready__.remote().future())
+            slot.node = await asyncio.wrap_future(slot.actor.node.remote().future())
         except Exception as exc:
             if slot in self.slots:  # else: killed on purpose while it started (run over)
                 self._start_failed(slot, exc)
@@ -481,13 +516,18 @@ class PoolDispatcher:
             self._spawn(self._ping(slot))
 
     async def _ping(self, slot: _Slot) -> None:
-        if await _ask(slot.actor.__ray_ready__.remote(), STATUS_TIMEOUT) is None:
-            if slot in self.slots:
-                self.slots.remove(slot)
+        """An adopted actor, or an idle one on a suspect node: work once it answers, else it
+        is replaced. An answer from a suspect node clears it (the silence was one process's)."""
+        node = await _ask(slot.actor.node.remote(), STATUS_TIMEOUT)
+        if slot not in self.slots:  # the dispatcher closed meanwhile
+            return
+        if node is None:
+            self.slots.remove(slot)
             _kill_actor(slot.actor)
             self._wake()
             return
-        slot.ready = True
+        self._suspect.pop(node, None)
+        slot.node, slot.ready = node, True
         self._wake()
 
     def _spawn(self, coro: Any) -> None:
@@ -533,6 +573,20 @@ async def _ask(ref: Any, timeout: float) -> Any:
         return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
     except (TimeoutError, rx.RayError):
         return None
+
+
+def _new_actor(pool: Pool, avoid: list[str]) -> Any:
+    """The pool's actor class with its placement: spread, and off the `avoid` nodes while
+    another node can take it (Ray's label selector, with a fallback to any node)."""
+    options: dict[str, Any] = {"scheduling_strategy": "SPREAD", **pool.ray_options()}
+    if avoid:
+        try:
+            return pool_actor_class().options(
+                **options, label_selector={"ray.io/node-id": f"!in({','.join(avoid)})"},
+                fallback_strategy=[{"label_selector": {}}])
+        except (TypeError, ValueError):  # a Ray without label selectors: spread only
+            pass
+    return pool_actor_class().options(**options)
 
 
 def _kill_actor(actor: Any) -> None:

@@ -11,6 +11,8 @@ The actor has two concurrency groups. `run` (the default group, one thread) exec
 `status` and `drain` (the `control` group, its own thread) answer while an attempt runs, unless
 that attempt holds the GIL or the process is frozen:
 
+- `node()`: the node it runs on (asked when it starts, and of its siblings on a node that went
+  silent);
 - `status(batch)`: which attempt of the batch runs and for how long (the driver's per-attempt
   timeout is measured from the attempt's start, not from the batch's);
 - `drain(batch)`: start nothing more of the batch and hand back what it finished, so killing
@@ -82,6 +84,11 @@ class PoolWorker:
         with self._lock:
             self._batch, self._finished = None, batch
             return list(done)
+
+    @ray.method(concurrency_group="control")
+    def node(self) -> str:
+        """The id of the node this actor runs on (its answer is also the actor's liveness)."""
+        return ray.get_runtime_context().get_node_id()
 
     @ray.method(concurrency_group="control")
     def status(self, batch: int) -> tuple[bool, int, float, int]:

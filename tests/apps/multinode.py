@@ -72,9 +72,11 @@ class PoolSpreadApp(SpreadApp):
 
 class FreezePoolApp(SpreadApp):
     """PoolSpreadApp with FreezeApp's short heartbeat timeout: a pool actor on a frozen node is
-    noticed by its silence."""
+    noticed by its silence. Its actors need a `pool` resource, which only the node that
+    freezes has at first (tests/scenarios/node_loss.py): the silent actor's idle sibling is
+    there, and must not take the retry."""
 
-    pools = {"nodes": Pool(size=2, keep_warm_seconds=0)}
+    pools = {"nodes": Pool(size=2, keep_warm_seconds=0, resources={"pool": 1})}
 
     @task(name="part", pool="nodes", retry_policy=RetryPolicy(max_attempts=1),
           heartbeat_timeout_seconds=3)

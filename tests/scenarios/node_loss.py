@@ -9,7 +9,8 @@ With `--freeze` the node is not removed but frozen (SIGSTOP of its raylet and ev
 under it) with Ray's default failure detection, so Ray still thinks it alive: only the
 heartbeat watchdog can notice. The report then says where the heartbeat monitor lived.
 With `--pool` the tasks run on a pool of warm actors (`PoolSpreadApp`, `FreezePoolApp` with
-`--freeze`) instead of Ray tasks.
+`--freeze`) instead of Ray tasks; with both, the pool's actors can run only on the node that
+freezes until a third node joins after the freeze.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ def main() -> None:
         "num_cpus": 0, "env_vars": {"PYTHONPATH": os.getcwd()},
         **({} if args.freeze else {"_system_config": FAST_FAILURE_DETECTION}),
     })
-    workers = [cluster.add_node(num_cpus=1) for _ in range(args.nodes)]
+    # a frozen pool: both actors on the node that will freeze (the only one with `pool` at
+    # first); a node that can take their replacements joins once it froze
+    frozen_pool = args.freeze and args.pool
+    workers = [cluster.add_node(num_cpus=1) for _ in range(args.nodes - frozen_pool)]
+    if frozen_pool:  # an actor takes a CPU to be placed: room for both
+        workers.append(cluster.add_node(num_cpus=2, resources={"pool": 2}))
     ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     cluster.wait_for_nodes()
 
@@ -89,6 +95,9 @@ def main() -> None:
         time.sleep(2.0)  # an attempt is watched from its first beat, sent after 1 s
         frozen = _freeze(victim)
         result["monitor_nodes"] = _monitor_nodes()
+        if frozen_pool:
+            result["pool_actors_on_frozen"] = _actors_on("PoolWorker", victim_id)
+            cluster.add_node(num_cpus=2, resources={"pool": 2})
         result["head"] = cluster.head_node.node_id
     else:
         cluster.remove_node(victim, allow_graceful=False)
@@ -134,6 +143,14 @@ def _freeze(node) -> list[int]:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGSTOP)
     return pids
+
+
+def _actors_on(class_name: str, node_id: str) -> int:
+    from ray.util.state import list_actors
+
+    return sum(a.node_id == node_id for a in list_actors(filters=[("class_name", "=",
+                                                                   class_name)])
+               if a.state == "ALIVE")
 
 
 def _monitor_nodes() -> list[str]:
