@@ -255,7 +255,8 @@ def run(rows: int = 5_000_000, sources: tuple[str, ...] = SOURCES) -> dict[str, 
     figures: dict[str, Any] = {"rows": rows, "partition_rows": max(2_000, rows // 20)}
     try:
         for kind in sources:
-            if first:  # untimed warm-up of every variant on a small source of this kind
+            if first and rows > WARMUP_ROWS:  # untimed warm-up of every variant on a small
+                # source of this kind (a run as small as the warm-up, --quick, skips it)
                 warm = _sources.url(kind, WARMUP_ROWS)
                 if warm is not None:
                     _measure_source(kind, warm, WARMUP_ROWS, list(VARIANTS), work)
