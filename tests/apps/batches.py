@@ -36,13 +36,15 @@ class Outcome(Output):
 
 
 async def _gather(app: App, call, input: Wide, cancel_at: int = -1,  # type: ignore[no-untyped-def]
-                  wait: float = 0.5) -> Outcome:
+                  wait: float = 0.5, after: int = 0) -> Outcome:
     items = [Work(folder=input.folder, index=i, sleep=input.sleep if i >= input.slow_from else 0,
                   crash=i in input.crash_at, hang=i in input.hang_at, fail=i == input.fail_at)
              for i in range(input.n)]
 
     calls = [asyncio.ensure_future(call(item)) for item in items]
     if 0 <= cancel_at < len(calls):
+        if after:  # the first `after` calls (the probes) are done: the batches are out
+            await asyncio.wait(calls[:after])
         await asyncio.sleep(wait)
         calls[cancel_at].cancel()  # run() gives up on this one call
     outs = [None if isinstance(o, asyncio.CancelledError) else o
@@ -84,10 +86,11 @@ class LossBatchApp(App):
 
 
 class CancelBatchApp(LossBatchApp):
-    """run() starts every call, sleeps 0.5 s, then gives up on call 9 (cancels it)."""
+    """run() starts every call and, 0.2 s after the two quick calls that measure the task have
+    returned (the batches of the others are then out), gives up on call 9 (cancels it)."""
 
     async def run(self, input: Wide) -> Outcome:
-        return await _gather(self, self.work, input, cancel_at=9)
+        return await _gather(self, self.work, input, cancel_at=9, wait=0.2, after=2)
 
 
 class Seconds(Input):
