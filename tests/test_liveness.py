@@ -189,3 +189,34 @@ def test_cancel_stops_the_run_within_seconds(ray_session, tmp_path, file_store, 
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
     assert len(read_lines(tmp_path / "items")) == len(lines)
+
+
+def test_scratch_cleanup_gives_a_node_that_does_not_answer_seconds_not_the_full_wait(
+        ray_session):
+    """Per-node cleanup tasks, one on a node that never answers (frozen: Ray still thinks it
+    alive). Once the others have answered, it gets 3 s more, not the rest of the 10 s; the
+    answers are all kept. Nodes that all answer are not waited for at all."""
+    import ray
+
+    from runtime.worker import _cleanup
+
+    @ray.remote(num_cpus=0)
+    def node(seconds: float) -> int:
+        time.sleep(seconds)
+        return 1
+
+    quick = [node.remote(0) for _ in range(3)]
+    assert ray.get(quick, timeout=60) == [1, 1, 1]
+    began = time.monotonic()
+    ready, pending = _cleanup.answers(quick)
+    assert set(ready) == set(quick) and pending == []
+    assert time.monotonic() - began < 1
+    frozen = node.remote(3600)
+    try:
+        began = time.monotonic()
+        ready, pending = _cleanup.answers([*quick, frozen])
+        took = time.monotonic() - began
+    finally:
+        ray.cancel(frozen, force=True)
+    assert set(ready) == set(quick) and pending == [frozen]
+    assert _cleanup._STRAGGLER_WAIT - 0.5 < took < _cleanup._NODE_TIMEOUT - 3, took

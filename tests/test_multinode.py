@@ -53,8 +53,6 @@ def test_a_node_that_freezes_is_caught_by_heartbeats_without_spending_retries(s3
     assert [f["kind"] for f in report["failures"]] == ["heartbeat"]
     assert report["monitor_nodes"] == [report["head"]]  # not on the node that froze
     assert report["removed"] not in report["task_nodes"]
-    # the frozen node's scratch cleanup does not hold the run for the full 10 s
-    assert report["on_complete_seconds"] < 8, report
 
 
 @pytest.mark.parametrize("tasks", [1, 4])
@@ -99,5 +97,4 @@ def test_a_pool_actor_on_a_node_that_freezes_is_caught_by_heartbeats(s3_url, tmp
     assert [f["kind"] for f in report["failures"]] == ["heartbeat"], report
     assert report["removed"] not in report["task_nodes"]
     assert report["seconds_after_the_cut"] < 50, report  # not Ray's node death, 66 s after
-    assert report["on_complete_seconds"] < 8, report
 

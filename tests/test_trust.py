@@ -159,7 +159,7 @@ def test_a_driver_frozen_past_its_lease_changes_nothing_when_it_thaws(
     work = tmp_path / "work"
     work.mkdir()
     env = driver_env(ray_session, CONNECTOR_RUNTIME_LEASE_TTL="3")
-    cmd = driver(ray_session, "SequenceApp", {"folder": str(work), "n": 8, "seconds": 0.5},
+    cmd = driver(ray_session, "SequenceApp", {"folder": str(work), "n": 8, "seconds": 0.3},
                  "frozen", store)
     first = spawn(cmd, env)
     try:
@@ -186,7 +186,7 @@ def test_a_driver_frozen_past_its_lease_changes_nothing_when_it_thaws(
 
 def test_cancel_of_a_run_whose_driver_died_is_honoured_by_the_next_driver(
         ray_session, tmp_path, file_store, cli):
-    cmd = driver(ray_session, "SequenceApp", {"folder": str(tmp_path), "n": 30,
+    cmd = driver(ray_session, "SequenceApp", {"folder": str(tmp_path), "n": 12,
                                               "seconds": 0.3}, "orphan", file_store)
     proc = spawn(cmd, driver_env(ray_session))
     wait_for(lambda: "item 2 end" in executions(tmp_path), 90, "three steps")

@@ -75,12 +75,7 @@ def _on_nodes(run: RunContext, include_this_one: bool) -> int:
         for node in nodes
     ]
     began = time.monotonic()
-    ready, pending = ray.wait(refs, num_returns=(len(refs) + 1) // 2, timeout=_NODE_TIMEOUT)
-    if pending and ready:
-        half = time.monotonic() - began
-        more, pending = ray.wait(pending, num_returns=len(pending), timeout=min(
-            _NODE_TIMEOUT - half, max(_STRAGGLER_WAIT, 2 * half)))
-        ready += more
+    ready, pending = answers(refs)
     total = 0
     for ref in ready:
         try:
@@ -92,6 +87,21 @@ def _on_nodes(run: RunContext, include_this_one: bool) -> int:
                     "this run's scratch files", len(pending), len(refs),
                     time.monotonic() - began)
     return total
+
+
+def answers(refs: list[Any]) -> tuple[list[Any], list[Any]]:
+    """(ready, pending) of the per-node tasks: all of them within `_NODE_TIMEOUT`, and once half
+    have answered, the rest within max(`_STRAGGLER_WAIT`, twice what that half took)."""
+    import ray
+
+    began = time.monotonic()
+    ready, pending = ray.wait(refs, num_returns=(len(refs) + 1) // 2, timeout=_NODE_TIMEOUT)
+    if pending and ready:
+        half = time.monotonic() - began
+        more, pending = ray.wait(pending, num_returns=len(pending), timeout=min(
+            _NODE_TIMEOUT - half, max(_STRAGGLER_WAIT, 2 * half)))
+        ready += more
+    return ready, pending
 
 
 _remote: Any = None

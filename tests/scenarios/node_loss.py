@@ -111,9 +111,6 @@ def main() -> None:
             os.kill(pid, signal.SIGCONT)
     records = RunStore(open_store(args.store), app.name, "spread").load_journal().records
     result["failures"] = [r["e"] for r in records if r["y"] == "f"]
-    result["on_complete_seconds"] = next(
-        (round(r["e"] - r["b"], 2) for r in records
-         if r["y"] == "p" and r["n"] == "on_complete" and "e" in r), None)
     result["task_nodes"] = sorted({line.split()[1] for line in
                                    open(os.path.join(args.workdir, "done")).read().split("\n")
                                    if line})
