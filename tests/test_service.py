@@ -551,7 +551,7 @@ def test_two_concurrent_starts_with_one_run_id_make_one_run(service, spawn, tmp_
 def test_200_status_requests_over_5_runs_executing_at_once(service, api, tmp_path):
     ids = [f"load-{i}" for i in range(5)]
     for run_id in ids:
-        start(api, {"marker_dir": str(tmp_path / run_id), "n": 2, "sleep_s": 2.0},
+        start(api, {"marker_dir": str(tmp_path / run_id), "n": 2, "sleep_s": 1.0},
               run_id=run_id)
     for run_id in ids:  # every driver has claimed its run
         wait_for(lambda r=run_id: api.get(f"/workflows/v1/status/{r}").json()["data"]["state"]
