@@ -125,7 +125,7 @@ def run(rows: int = DEMO_ROWS, repeats: int | None = None) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="bench-startup-")
     try:
         firsts, demos = [], []
-        if rows >= 100_000:  # --quick (a smaller source) only proves the case runs: no warm-up
+        if rows >= 100_000 or repeats > 1:  # --quick only proves the case runs: no warm-up
             first_task(address, work)  # untimed: the first driver on a cluster starts its monitor
             demo(rows, work)  # untimed: generates and caches the source
         for _ in range(repeats):

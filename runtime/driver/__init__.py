@@ -6,19 +6,29 @@ task call: recorded, retried, recorded again), `_keys` (call identities), `_guar
 (determinism guards), `_replay` (replaying a journal without executing tasks).
 """
 
-from ._driver import (
-    app_path_of,
-    check_same_run,
-    input_digest,
-    new_run_id,
-    run_app,
-    run_app_async,
-    validate_input,
-)
-from ._journal import GroupCommitter, JournalIndex, commit_interval
-from ._keys import CallKeys, canonical_json, digest
-from ._replay import ReplayReport, replay_run
-from ._step import Budget, Progress, StepRunner
+import importlib
+
+_HOMES = {
+    "app_path_of": "_driver", "new_run_id": "_driver", "run_app": "_driver",
+    "run_app_async": "_driver", "validate_input": "_driver",
+    "GroupCommitter": "_journal", "JournalIndex": "_journal", "commit_interval": "_journal",
+    "CallKeys": "_keys", "canonical_json": "_keys", "check_same_run": "_keys",
+    "digest": "_keys", "input_digest": "_keys",
+    "ReplayReport": "_replay", "replay_run": "_replay",
+    "Budget": "_step", "Progress": "_step", "StepRunner": "_step",
+}
+"""Where each name lives, imported on first use: `_driver` pulls in Ray (0.35 s), which the
+store-only views (`status`, `tasks`, `trace`) and their CLI verbs do without."""
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Budget",

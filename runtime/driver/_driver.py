@@ -25,10 +25,10 @@ from application_sdk.app import App, EntrypointSpec
 from application_sdk.contracts import Input, Output
 from storage import RunRecord, RunStatus, RunStore, Store, open_store
 
-from .._errors import InputValidationError, RunConflictError, UsageError
+from .._errors import InputValidationError, UsageError
 from .._ray import ensure_ray
 from .._secrets import SECRETS_VAR
-from ._keys import KEY_SCHEME, canonical_json, digest
+from ._keys import KEY_SCHEME, check_same_run, input_digest
 from ._session import Continued, DriverSession, app_path_of, recorded_output
 
 __all__ = ["app_path_of", "check_same_run", "input_digest", "new_run_id", "run_app",
@@ -63,26 +63,6 @@ def validate_input(ep: EntrypointSpec, value: Any) -> Input:
 def new_run_id(app_cls: type[App]) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"{app_cls.name.lower()}-{stamp}-{os.urandom(3).hex()}"
-
-
-def input_digest(inp: Input, scheme: int = KEY_SCHEME) -> str:
-    """The run input's identity: what `--run-id` compares when a run is started again."""
-    return digest(canonical_json(inp, scheme))
-
-
-def check_same_run(existing: RunRecord | None, ep: EntrypointSpec, inp: Input) -> None:
-    """A run id names one run: RunConflictError if `existing` has another input or entry
-    point (digested the way that run was recorded, so an upgrade does not refuse it)."""
-    if existing is None:
-        return
-    if existing.entrypoint != ep.name:
-        what = f"entry point {existing.entrypoint!r} (not {ep.name!r})"
-    elif existing.input_digest != input_digest(inp, existing.key_scheme):
-        what = "a different input"
-    else:
-        return
-    raise RunConflictError(f"run {existing.run_id} exists with {what}: a run id names one "
-                           "run; choose a new run id to start another")
 
 
 async def run_app_async(

@@ -19,7 +19,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-__all__ = ["CallKeys", "canonical_json", "digest"]
+from application_sdk.app import EntrypointSpec
+from application_sdk.contracts import Input
+from storage import RunRecord
+
+from .._errors import RunConflictError
+
+__all__ = ["CallKeys", "canonical_json", "check_same_run", "digest", "input_digest"]
 
 
 KEY_SCHEME = 2
@@ -51,3 +57,23 @@ class CallKeys:
         n = self._seen[base]
         self._seen[base] = n + 1
         return f"{base}:{n}"
+
+
+def input_digest(inp: Input, scheme: int = KEY_SCHEME) -> str:
+    """The run input's identity: what `--run-id` compares when a run is started again."""
+    return digest(canonical_json(inp, scheme))
+
+
+def check_same_run(existing: RunRecord | None, ep: EntrypointSpec, inp: Input) -> None:
+    """A run id names one run: RunConflictError if `existing` has another input or entry
+    point (digested the way that run was recorded, so an upgrade does not refuse it)."""
+    if existing is None:
+        return
+    if existing.entrypoint != ep.name:
+        what = f"entry point {existing.entrypoint!r} (not {ep.name!r})"
+    elif existing.input_digest != input_digest(inp, existing.key_scheme):
+        what = "a different input"
+    else:
+        return
+    raise RunConflictError(f"run {existing.run_id} exists with {what}: a run id names one "
+                           "run; choose a new run id to start another")

@@ -546,7 +546,7 @@ class DriverSession:
     def _create_continuation(self, record: RunRecord) -> str:
         """Create the record of the run continue_with() starts (once: a resumed session that
         replays to the same continue_with finds it made); its id."""
-        from ._driver import input_digest
+        from ._keys import input_digest
 
         assert self.continuation is not None
         chain = record.chain + 1

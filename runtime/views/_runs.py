@@ -13,7 +13,7 @@ from application_sdk.contracts import Input
 from storage import Lease, RunRecord, RunStore, Store
 
 from .._errors import RunConflictError
-from ..driver import check_same_run, input_digest
+from ..driver._keys import check_same_run, input_digest
 
 __all__ = ["driver_alive", "input_digest", "read_run", "same_run_conflict", "summary"]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from storage import Lease, RunRecord, RunStore, Store
 
-from ..driver import JournalIndex
+from ..driver._journal import JournalIndex
 from ._chain import describe_chain
 
 __all__ = ["describe"]
