@@ -21,6 +21,17 @@ from .test_liveness import Background, freeze_until_done, read_lines, wait_for
 from .test_pools import attempts, dead, failures
 
 
+@pytest.fixture(autouse=True)
+def warm_workers(ray_session, tmp_path_factory) -> None:
+    """Worker processes up before each test's run: on a cold 2-core machine (the session's Ray
+    just started, or a test before killed its workers) the task's first results, which size
+    its batches, can take over `PROBE_SECONDS`; the run then sends every attempt alone, as a
+    slow task's, and these tests would not see batches at all."""
+    folder = tmp_path_factory.mktemp("warm")
+    run_app(b.BatchApp, {"folder": str(folder), "n": 2}, run_id="warm",
+            store=str(folder / "store"))
+
+
 def runs_per_item(folder) -> collections.Counter[int]:
     return collections.Counter(index for index, _, _ in attempts(folder))
 

@@ -136,6 +136,9 @@ class _Slot:
     """Its last batch is out (max_attempts_per_actor): killed when the batch returns."""
     node: str | None = None
     """Id of the node it runs on (learnt when it answers its first call)."""
+    pinging: bool = False
+    """Ready before its node became suspect, asked to answer again: it still counts against
+    size (a new actor does not take its place until it is replaced)."""
 
 
 @dataclass(eq=False)
@@ -441,7 +444,7 @@ class PoolDispatcher:
         self._suspect[node] = time.monotonic()
         for slot in self.slots:
             if slot.node == node and slot.ready and slot.batch is None:
-                slot.ready = False
+                slot.ready, slot.pinging = False, True
                 self._spawn(self._ping(slot))
 
     def _avoided(self) -> list[str]:
@@ -480,7 +483,8 @@ class PoolDispatcher:
             return
         # an actor killed or retiring may still be running an attempt: wait for it to go
         while slot in self.slots and \
-                sum(s.ready for s in self.slots) + len(self._dying) >= self.pool.size:
+                sum(s.ready or s.pinging for s in self.slots) + len(self._dying) \
+                >= self.pool.size:
             self._room.clear()
             await self._room.wait()
         if slot not in self.slots:  # the dispatcher closed meanwhile
@@ -519,11 +523,13 @@ class PoolDispatcher:
         """An adopted actor, or an idle one on a suspect node: work once it answers, else it
         is replaced. An answer from a suspect node clears it (the silence was one process's)."""
         node = await _ask(slot.actor.node.remote(), STATUS_TIMEOUT)
+        slot.pinging = False
         if slot not in self.slots:  # the dispatcher closed meanwhile
             return
-        if node is None:
+        if node is None:  # idle: it runs nothing, so its replacement need not wait for it
             self.slots.remove(slot)
             _kill_actor(slot.actor)
+            self._room.set()
             self._wake()
             return
         self._suspect.pop(node, None)
