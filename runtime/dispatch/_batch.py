@@ -26,7 +26,9 @@ same way:
 - **Timeout.** The running attempt has a timer from its own start: the previous result's
   arrival, or for the first one the batch's first item, which says it left Ray's queue (a
   batch waiting there for a slot spends no attempt's timeout, as a pool attempt waiting for an
-  actor; a lone attempt's timer counts from its dispatch, as before). Past it the batch's Ray
+  actor; a lone attempt sent while a slot is free counts from its dispatch, as before, and one
+  beyond the free slots - a wide fan-out of a slow task - goes as a stream of one, whose timer
+  starts when it says it started). Past it the batch's Ray
   task is cancelled with force (its worker is killed), the attempt fails with a timeout, and
   the batch's attempts that never started are queued again, unchanged (they were never
   executions).
@@ -175,8 +177,11 @@ class TaskBatcher:
         size = self._batch_size(len(batchable))
         if size <= 1:
             alone, batchable = alone + batchable, []
-        for item in alone:
-            self._send([item])
+        # attempts beyond the free slots would wait in Ray's queue: each goes as a stream of
+        # one, whose first item says it started, so that wait spends none of its timeout
+        free = len(alone) if math.isinf(self.slots) else max(0, int(self.slots) - len(self.batches))
+        for n, item in enumerate(alone):
+            self._send([item], streamed=n >= free)
         for start in range(0, len(batchable), size):
             self._send(batchable[start:start + size])
 
@@ -195,12 +200,12 @@ class TaskBatcher:
         batches = slots * math.ceil(math.ceil(n / cap) / slots)
         return math.ceil(n / batches)
 
-    def _send(self, items: list[_Item]) -> None:
+    def _send(self, items: list[_Item], streamed: bool = False) -> None:
         batch = _Batch(items)
         for index, item in enumerate(items):
             item.batch, item.index = batch, index
         self.batches.add(batch)
-        if len(items) == 1:
+        if len(items) == 1 and not streamed:
             batch.ref = self.lone.remote(items[0].blob, *self._extra)
             loop = self.loop
             batch.ref.future().add_done_callback(
