@@ -30,23 +30,4 @@ def __getattr__(name: str) -> object:
     return value
 
 
-__all__ = [
-    "Budget",
-    "CallKeys",
-    "GroupCommitter",
-    "JournalIndex",
-    "Progress",
-    "ReplayReport",
-    "StepRunner",
-    "app_path_of",
-    "canonical_json",
-    "check_same_run",
-    "commit_interval",
-    "digest",
-    "input_digest",
-    "new_run_id",
-    "replay_run",
-    "run_app",
-    "run_app_async",
-    "validate_input",
-]
+__all__ = sorted(_HOMES)
